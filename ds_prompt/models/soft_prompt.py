@@ -1,0 +1,82 @@
+"""The soft prompt: `length` trainable vectors prepended to the frozen model's input embeddings."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ds_prompt.dist import gathered
+from ds_prompt.errors import UserError
+
+INIT_CHOICES = "normal[:std], uniform, vocab, text:<words>, file:<prompt.safetensors|peft dir>, library:<name>"
+
+
+class SoftPrompt(nn.Module):
+    """Prompt embeddings P of shape [length, d_model], kept in fp32 (the master copy).
+
+    Lives in its own submodule so ZeRO-3 gathers it when `forward` is called. `forward` casts to the
+    backbone's compute dtype, so a bf16 backbone still trains an fp32 prompt.
+    """
+
+    def __init__(self, length: int, d_model: int):
+        super().__init__()
+        if length < 1:
+            raise UserError(f"--prompt_length {length} must be >= 1")
+        self.weight = nn.Parameter(torch.zeros(length, d_model, dtype=torch.float32))
+
+    @property
+    def length(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self, batch_size: int, dtype: torch.dtype) -> torch.Tensor:
+        """[batch, length, d_model] in `dtype`."""
+        return self.weight.to(dtype).unsqueeze(0).expand(batch_size, -1, -1)
+
+
+def prepend_prompt(prompt: torch.Tensor, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor):
+    """Prepend `prompt` [B, L, d] to `inputs_embeds` [B, T, d]; the mask gets L leading ones.
+
+    Returns (embeds [B, L+T, d], mask [B, L+T]). Padding stays where the tokenizer put it (right for encoders,
+    left for causal models): prompt positions always attend and are attended to.
+    """
+    ones = attention_mask.new_ones(attention_mask.shape[0], prompt.shape[1])
+    return torch.cat([prompt, inputs_embeds], dim=1), torch.cat([ones, attention_mask], dim=1)
+
+
+def _vocab_rows(embedding: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+    # Under ZeRO-3 the embedding is partitioned (shape 0 on every rank): gather before reading rows.
+    with gathered(embedding.weight):
+        return embedding.weight[ids].detach().float().clone()
+
+
+def init_prompt_tensor(init: str, length: int, embedding: nn.Embedding, tokenizer, seed: int) -> torch.Tensor:
+    """An initial prompt [length, d] from an init spec (see INIT_CHOICES). Same seed -> same tensor."""
+    d = embedding.embedding_dim
+    gen = torch.Generator().manual_seed(seed)
+    kind, _, arg = str(init).partition(":")
+    if kind == "normal":
+        std = float(arg) if arg else 0.02
+        return torch.randn(length, d, generator=gen) * std
+    if kind == "uniform":
+        bound = math.sqrt(1.0 / d)
+        return (torch.rand(length, d, generator=gen) * 2 - 1) * bound
+    if kind == "vocab":
+        # Lester et al.: sample rows among the 5000 most frequent tokens (low ids in most vocabularies).
+        high = min(5000, embedding.num_embeddings)
+        return _vocab_rows(embedding, torch.randint(0, high, (length,), generator=gen))
+    if kind == "text":
+        ids = tokenizer(arg, add_special_tokens=False)["input_ids"]
+        if not arg or not ids:
+            raise UserError(f"--init '{init}' has no words: pass e.g. text:classify the sentiment")
+        ids = torch.tensor((ids * math.ceil(length / len(ids)))[:length])
+        return _vocab_rows(embedding, ids)
+    if kind == "file":
+        from ds_prompt.artifacts import check_prompt_fits, load_prompt_tensor
+        tensor = load_prompt_tensor(arg)
+        check_prompt_fits(tensor, d, arg)
+        if tensor.shape[0] != length:
+            raise UserError(f"--init prompt {arg} has {tensor.shape[0]} tokens but --prompt_length is {length}: "
+                            f"pass --prompt_length {tensor.shape[0]}")
+        return tensor.float()
+    raise UserError(f"unknown --init '{init}': use one of {INIT_CHOICES}")

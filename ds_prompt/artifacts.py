@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ds_prompt.errors import UserError
@@ -46,7 +46,7 @@ def _safe_load(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"prompt file '{path}' does not exist: pass a prompt folder or prompt.safetensors")
     try:
         return load_file(str(path))
-    except (SafetensorsError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError) as exc:
         raise UserError(f"prompt file '{path}' is corrupt or not safetensors ({exc}): re-export it") from None
 
 

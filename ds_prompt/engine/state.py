@@ -180,6 +180,13 @@ def restore_optimizer(engine, tensors: dict, meta: dict) -> None:
                           if torch.is_tensor(st["step"]) else meta["optimizer_step"])
 
 
+def restore_scheduler(scheduler, state: dict) -> None:
+    """Load the schedule position AND write its current lr into the optimizer (load_state_dict alone does not)."""
+    scheduler.load_state_dict(state)
+    for group, lr in zip(scheduler.optimizer.param_groups, scheduler.get_last_lr()):
+        group["lr"] = lr
+
+
 def restore_rng(tensors: dict, meta: dict) -> None:
     torch.set_rng_state(tensors["rng/torch"])
     random.setstate(_to_tuple(meta["rng_python"]))

@@ -1,0 +1,109 @@
+"""`ds-prompt <subcommand>`: thin entry points; each parses flags into a config and calls one library function.
+
+Runs the same under the DeepSpeed launcher: `deepspeed --num_gpus N --module ds_prompt.cli train ...`
+(the launcher's --local_rank flag is accepted and ignored; ranks come from the environment).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from ds_prompt.errors import UserError
+
+
+def train(config: str | None = None, **flags) -> dict:
+    """Prompt-tune a frozen model on a task.
+
+    With no flags: the packaged all-MiniLM-L6-v2 on the bundled demo task, output under runs/.
+    Flags (see ds_prompt.config.TrainConfig): --model --task --data_dir --output_dir --max_steps --batch_size
+    --prompt_length --lr --seed --deepspeed CONFIG --init (normal[:std] | uniform | vocab | text:WORDS |
+    file:PROMPT) --family --head --dtype --quantization --max_length --grad_accum --optimizer adamw|adafactor
+    --scheduler constant|linear --warmup_steps --grad_clip --eval_every --save_every --eval_limit
+    --train_limit --resume --activation_checkpointing; --config FILE (JSON/YAML) for defaults.
+    Writes prompt.safetensors, prompt.json, metrics.json, tb/ and checkpoints/ under --output_dir.
+    """
+    from ds_prompt.config import TrainConfig, build_config
+    from ds_prompt.engine.trainer import train as run
+    cfg = build_config(TrainConfig, config, **flags)
+    metrics = run(cfg)
+    _print_rank0(f"accuracy {metrics['accuracy_before']:.4f} -> {metrics['accuracy']:.4f} after "
+                 f"{metrics['steps']} steps; prompt at {cfg.resolved_output_dir()}")
+    return None
+
+
+def evaluate(prompt: str, task: str | None = None, data_dir: str | None = None, model: str | None = None,
+             split: str = "eval", limit: int | None = None, batch_size: int = 64, output_dir: str | None = None,
+             family: str | None = None, dtype: str = "auto", max_length: int | None = None) -> None:
+    """Accuracy of a trained prompt on a task's eval split (default: the task it was trained on).
+
+    --prompt a prompt folder / prompt.safetensors / PEFT adapter; --model overrides the backbone recorded in
+    prompt.json. Prints the accuracy and writes eval_<task>.json into --output_dir (default: the prompt's folder).
+    """
+    from ds_prompt.engine.inference import evaluate_prompt
+    result = evaluate_prompt(prompt, task=task, data_dir=data_dir, model=model, split=split, limit=limit,
+                             batch_size=batch_size, output_dir=output_dir, family=family, dtype=dtype,
+                             max_length=max_length)
+    _print_rank0(f"{result['task']}: accuracy {result['accuracy']:.4f} on {result['n']} examples")
+
+
+def export(prompt: str, format: str = "peft", output_dir: str | None = None) -> None:
+    """Export a trained prompt: --format peft writes adapter_config.json + adapter_model.safetensors."""
+    from ds_prompt.artifacts import export_peft, load_prompt
+    if format != "peft":
+        raise UserError(f"unknown --format '{format}': only peft is supported")
+    if not output_dir:
+        raise UserError("export needs --output_dir D")
+    tensor, meta, _ = load_prompt(prompt)
+    export_peft(tensor, meta, output_dir)
+    print(f"wrote PEFT prompt-tuning adapter to {output_dir}")
+
+
+def _print_rank0(text: str) -> None:
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(text)
+
+
+COMMANDS = {"train": train, "evaluate": evaluate, "export": export}
+
+
+def _strip_launcher_args(argv: list[str]) -> list[str]:
+    """Drop --local_rank=N / --local_rank N that the deepspeed launcher appends."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a.startswith("--local_rank"):
+            skip = a == "--local_rank"
+            continue
+        out.append(a)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import fire
+    argv = _strip_launcher_args(sys.argv[1:] if argv is None else argv)
+    try:
+        fire.Fire(_commands(), command=argv, name="ds-prompt")
+    except UserError as exc:
+        print(f"ds-prompt: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _commands() -> dict:
+    commands = dict(COMMANDS)
+    for module, name in (("ds_prompt.transfer.cli", "transfer"), ("ds_prompt.fpt.cli", "fpt"),
+                         ("ds_prompt.spt.cli", "spt")):
+        try:
+            mod = __import__(module, fromlist=["COMMANDS"])
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("ds_prompt"):
+                continue
+            raise
+        commands.update(mod.COMMANDS)
+    return commands
+
+
+if __name__ == "__main__":
+    sys.exit(main())

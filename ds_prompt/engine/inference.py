@@ -1,0 +1,62 @@
+"""Evaluating a saved prompt artifact (no DeepSpeed engine needed; multi-rank if launched so)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ds_prompt import dist
+from ds_prompt.artifacts import check_prompt_fits, load_prompt
+from ds_prompt.builders import build_prompted, load_model_for
+from ds_prompt.data.loading import load_examples
+from ds_prompt.data.tasks import get_task
+from ds_prompt.engine import setup as ds_setup
+from ds_prompt.engine.evaluate import evaluate
+from ds_prompt.errors import UserError
+from ds_prompt.io import ensure_writable_dir, write_json
+from ds_prompt.models.family import Family
+
+_HEADS = {"LabelWordHead": "label_words", "SimilarityHead": "similarity", "LinearHead": "linear"}
+
+
+def prompted_from_artifact(prompt_path: str, task_name: str | None = None, model: str | None = None,
+                           family: str | None = None, dtype: str = "auto", max_length: int | None = None):
+    """(Prompted, meta) with the artifact's prompt (and linear head) loaded, for its task or `task_name`."""
+    tensor, meta, extra = load_prompt(prompt_path)
+    model_name = model or meta.get("backbone")
+    if not model_name:
+        raise UserError(f"prompt {prompt_path} records no backbone: pass --model")
+    task = get_task(task_name or meta.get("task") or "")
+    backbone = load_model_for(model_name, family or meta.get("family"), dtype)
+    check_prompt_fits(tensor, backbone.d_model, prompt_path)
+    head = _HEADS.get(meta.get("head", ""), "auto")
+    if head == "linear" and task_name and task_name != meta.get("task"):
+        raise UserError(f"prompt {prompt_path} has a linear head trained for {meta.get('task')}: it cannot "
+                        f"score task {task_name}")
+    built = build_prompted(backbone, task, tensor.shape[0], max_length or meta.get("max_length", 128), head, tensor)
+    for name, value in extra.items():
+        if name.startswith("head."):
+            dict(built.model.named_parameters())[name].data.copy_(value)
+    return built, meta
+
+
+def evaluate_prompt(prompt: str, task: str | None = None, data_dir: str | None = None, model: str | None = None,
+                    split: str = "eval", limit: int | None = None, batch_size: int = 64,
+                    output_dir: str | None = None, family: str | None = None, dtype: str = "auto",
+                    max_length: int | None = None) -> dict:
+    """Accuracy of the artifact on `task`; writes eval_<task>.json into `output_dir` (default: its folder)."""
+    ds_setup.init_distributed()
+    built, meta = prompted_from_artifact(prompt, task, model, family, dtype, max_length)
+    out = Path(output_dir) if output_dir else (Path(prompt) if Path(prompt).is_dir() else Path(prompt).parent)
+    dist.on_rank0(ensure_writable_dir, out)
+    examples = load_examples(built.task, split, data_dir, limit=limit)
+    encoded = [built.encoder.encode(e) for e in examples]
+    device = ds_setup.device()
+    model_ = built.model.to(device)
+    result = evaluate(model_, encoded, batch_size, built.backbone.tokenizer.pad_token_id,
+                      built.backbone.family is Family.CAUSAL, device)
+    result = {"task": built.task.name, "prompt": str(prompt), "model": model or meta.get("backbone"),
+              "split": split, **result}
+    dist.on_rank0(write_json, os.path.join(out, f"eval_{built.task.name}.json"), result)
+    return result

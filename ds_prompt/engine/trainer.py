@@ -1,0 +1,217 @@
+"""The prompt-tuning recipe: config -> builders -> DeepSpeed engine -> loop -> artifacts.
+
+Read top to bottom: `train` sets up, `_train_loop` runs the steps. Every rank runs the same code; only
+rank 0 writes files. Per optimizer step, a GLOBAL batch (the same examples at any world size) is split into
+world_size x grad_accum micro-batches; DeepSpeed averages gradients, so the update equals the one-process
+update on the whole batch.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ds_prompt import dist
+from ds_prompt.artifacts import save_prompt
+from ds_prompt.builders import build_prompted, load_model_for
+from ds_prompt.config import TrainConfig, config_dict
+from ds_prompt.data.encoding import BatchPlan, collate
+from ds_prompt.data.loading import load_examples
+from ds_prompt.data.tasks import get_task
+from ds_prompt.engine import setup as ds_setup
+from ds_prompt.engine import state as ckpt
+from ds_prompt.engine.evaluate import evaluate
+from ds_prompt.engine.logging import RunLogger
+from ds_prompt.errors import UserError
+from ds_prompt.io import ensure_writable_dir, write_json
+from ds_prompt.models.family import Family
+
+
+@dataclass
+class RunState:
+    """What the loop carries between steps (and what a checkpoint restores)."""
+    step: int = 0
+    history: list = field(default_factory=list)
+    accuracy_before: float | None = None
+    tokens: float = 0.0
+
+
+def train(cfg: TrainConfig, prompt_override: torch.Tensor | None = None) -> dict:
+    """Train a soft prompt per `cfg`; returns the final metrics (also in <output_dir>/metrics.json).
+
+    `prompt_override` (a [L, d] tensor) replaces the init spec: used by transfer-init and FPT stages.
+    """
+    ds_setup.init_distributed()
+    out = cfg.resolved_output_dir()
+    dist.on_rank0(ensure_writable_dir, out)
+    dist.barrier()
+    torch.manual_seed(cfg.seed)
+
+    task = get_task(cfg.task)
+    train_examples = load_examples(task, "train", cfg.data_dir, limit=cfg.train_limit, seed=cfg.seed)
+    eval_examples = load_examples(task, "eval", cfg.data_dir, limit=cfg.eval_limit, seed=cfg.seed)
+    backbone = load_model_for(cfg.model, cfg.family, cfg.dtype, cfg.quantization, cfg.attn_implementation)
+    resumed = ckpt.load_latest(out) if cfg.resume else None
+    init = prompt_override if prompt_override is not None else cfg.init
+    built = build_prompted(backbone, task, cfg.prompt_length, cfg.max_length, cfg.head, init, cfg.seed)
+    if resumed:
+        ckpt.restore_params(built.model, resumed[0])
+    if cfg.activation_checkpointing:
+        backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    train_enc = [built.encoder.encode(e) for e in train_examples]
+    eval_enc = [built.encoder.encode(e) for e in eval_examples]
+    plan = BatchPlan([len(e.input_ids) for e in train_enc], cfg.batch_size, cfg.seed, cfg.bucket)
+
+    ds_config = ds_setup.fill_ds_config(ds_setup.load_ds_config(cfg.deepspeed), cfg.batch_size, cfg.grad_accum,
+                                        cfg.grad_clip, dist.world_size())
+    trainable = [p for p in built.model.parameters() if p.requires_grad]
+    optimizer = ds_setup.build_optimizer(cfg.optimizer, trainable, cfg.lr, cfg.weight_decay)
+    scheduler = ds_setup.build_scheduler(cfg.scheduler, optimizer, cfg.warmup_steps, cfg.max_steps)
+    engine, _, scheduler = ds_setup.initialize_engine(built.model, ds_config, optimizer, scheduler)
+
+    run = RunState()
+    if resumed:
+        tensors, meta = resumed
+        ckpt.restore_optimizer(engine, tensors, meta)
+        ckpt.restore_scheduler(scheduler, meta["scheduler"])
+        ckpt.restore_rng(tensors, meta)
+        run = RunState(step=meta["step"], history=meta["history"], accuracy_before=meta["accuracy_before"],
+                       tokens=meta.get("tokens", 0.0))
+
+    ctx = _LoopContext(cfg, out, engine, scheduler, plan, train_enc, eval_enc, built, backbone)
+    log = RunLogger(os.path.join(out, "tb"), cfg.max_steps, run.step, cfg.progress)
+    if resumed:
+        log.message(f"resumed from {out}/{ckpt.CKPT_DIR} at step {run.step}")
+    try:
+        if run.accuracy_before is None:
+            run.accuracy_before = ctx.evaluate()["accuracy"]
+            log.scalars(0, {"accuracy": run.accuracy_before}, prefix="eval")
+        _train_loop(ctx, run, log)
+        final = ctx.evaluate() if not run.history or run.history[-1]["step"] != run.step else run.history[-1]
+    finally:
+        log.close()
+    metrics = _finish(ctx, run, final, task)
+    dist.barrier()
+    return metrics
+
+
+@dataclass
+class _LoopContext:
+    cfg: TrainConfig
+    out: str
+    engine: object
+    scheduler: object
+    plan: BatchPlan
+    train_enc: list
+    eval_enc: list
+    built: object
+    backbone: object
+
+    @property
+    def left_pad(self) -> bool:
+        return self.backbone.family is Family.CAUSAL
+
+    def evaluate(self) -> dict:
+        return evaluate(self.engine, self.eval_enc, self.cfg.eval_batch_size, self.backbone.tokenizer.pad_token_id,
+                        self.left_pad, self.engine.device)
+
+
+def _train_loop(ctx: _LoopContext, run: RunState, log: RunLogger) -> None:
+    cfg, engine, plan = ctx.cfg, ctx.engine, ctx.plan
+    world, me = dist.world_size(), dist.rank()
+    pad_id = ctx.backbone.tokenizer.pad_token_id
+    epoch_cache: dict[int, list] = {}
+    loss_sum, tokens, t0 = torch.zeros(()), 0.0, time.perf_counter()
+    engine.train()
+    ctx.backbone.model.eval()  # the frozen backbone keeps dropout off: deterministic, resumable steps
+    while run.step < cfg.max_steps:
+        epoch, index = divmod(run.step, plan.batches_per_epoch)
+        if epoch not in epoch_cache:
+            epoch_cache = {epoch: plan.epoch(epoch)}
+        global_batch = epoch_cache[epoch][index]
+        for micro in plan.micro_batches(global_batch, world, me, cfg.grad_accum):
+            batch = {k: v.to(engine.device) for k, v in
+                     collate([ctx.train_enc[i] for i in micro], pad_id, ctx.left_pad).items()}
+            logits = engine(batch["input_ids"], batch["attention_mask"], batch["score_index"])
+            loss = F.cross_entropy(logits.float(), batch["labels"])
+            engine.backward(loss)
+            engine.step()
+            loss_sum += loss.detach().cpu() / cfg.grad_accum
+            tokens += float(batch["attention_mask"].sum()) + cfg.prompt_length * len(micro)
+        run.step += 1
+        log.advance(1)
+        if run.step % cfg.log_every == 0 or run.step == cfg.max_steps:
+            loss_sum, tokens, t0 = _log_train(ctx, run, log, loss_sum, tokens, t0)
+        if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.max_steps:
+            result = ctx.evaluate()
+            run.history.append({"step": run.step, **result})
+            log.scalars(run.step, result, prefix="eval")
+            log.message(f"step {run.step}: eval accuracy {result['accuracy']:.4f}")
+        if cfg.save_every and run.step % cfg.save_every == 0 and run.step < cfg.max_steps:
+            _save_checkpoint(ctx, run)
+            _fault_point("after_checkpoint", run.step)
+
+
+def _fault_point(where: str, step: int) -> None:
+    """Fault injection for crash tests: DS_PROMPT_FAULT=<where>:<step> hard-exits every rank there."""
+    spec = os.environ.get("DS_PROMPT_FAULT", "")
+    if spec == f"{where}:{step}":
+        os._exit(17)
+
+
+def _log_train(ctx, run, log, loss_sum, tokens, t0):
+    """Reduce the window's loss/tokens across ranks, check finiteness, log. Returns fresh window counters."""
+    engine, cfg = ctx.engine, ctx.cfg
+    window = cfg.log_every if run.step % cfg.log_every == 0 else run.step % cfg.log_every
+    stats = dist.all_reduce_sum(torch.tensor([loss_sum.item(), tokens], dtype=torch.float64))
+    loss = stats[0].item() / dist.world_size() / window
+    elapsed = time.perf_counter() - t0
+    if not math.isfinite(loss):
+        raise UserError(f"training loss became {loss} by step {run.step} (lr {cfg.lr}): lower --lr or check "
+                        f"the data; the last good checkpoint (if any) in {ctx.out}/checkpoints is kept")
+    prompt = ctx.built.model.prompt.weight
+    grad_norm = engine.get_global_grad_norm()
+    values = {"loss": loss, "lr": ctx.scheduler.get_last_lr()[0], "tokens_per_s": stats[1].item() / elapsed,
+              "s_per_step": elapsed / window, "prompt_norm": ckpt._full_param(engine, prompt).norm().item(),
+              "grad_norm": float(grad_norm) if grad_norm is not None else None}
+    run.tokens += stats[1].item()
+    log.scalars(run.step, values)
+    log.advance(0, loss=loss, tok_s=values["tokens_per_s"])
+    return torch.zeros(()), 0.0, time.perf_counter()
+
+
+def _save_checkpoint(ctx: _LoopContext, run: RunState) -> None:
+    tensors, meta = ckpt.gather_state(ctx.engine, ctx.scheduler, run.step, {
+        "history": run.history, "accuracy_before": run.accuracy_before, "tokens": run.tokens,
+        "world_size": dist.world_size(), "config": config_dict(ctx.cfg)})
+    if not all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("param/")):
+        raise UserError(f"trainable parameters became non-finite by step {run.step}: lower --lr "
+                        f"(the previous checkpoint is kept)")
+    dist.on_rank0(ckpt.save_checkpoint, ctx.out, tensors, meta, ctx.cfg.keep_checkpoints)
+    dist.barrier()
+
+
+def _finish(ctx: _LoopContext, run: RunState, final: dict, task) -> dict:
+    """Write prompt.safetensors + prompt.json and metrics.json (rank 0)."""
+    cfg, model = ctx.cfg, ctx.built.model
+    tensors = {n: ckpt._full_param(ctx.engine, p) for n, p in model.named_parameters() if p.requires_grad}
+    prompt = tensors.pop("prompt.weight")
+    if not torch.isfinite(prompt).all():
+        raise UserError("the trained prompt is non-finite: lower --lr; no artifact was written")
+    metrics = {"task": task.name, "model": cfg.model, "steps": run.step, "accuracy_before": run.accuracy_before,
+               "accuracy": final["accuracy"], "eval_loss": final["loss"], "eval_n": final["n"],
+               "world_size": dist.world_size(), "history": run.history, "tokens": run.tokens}
+    meta = {"backbone": cfg.model, "family": ctx.backbone.family.value, "task": task.name,
+            "label_words": [list(w) for w in task.label_words], "labels": list(task.labels),
+            "head": type(model.head).__name__, "init": cfg.init if isinstance(cfg.init, str) else "tensor",
+            "steps": run.step, "metrics": {"accuracy": final["accuracy"], "accuracy_before": run.accuracy_before},
+            "max_length": cfg.max_length, "seed": cfg.seed}
+    head_tensors = {f"head.{n[len('head.'):]}": t for n, t in tensors.items() if n.startswith("head.")}
+    dist.on_rank0(save_prompt, ctx.out, prompt, meta, head_tensors)
+    dist.on_rank0(write_json, os.path.join(ctx.out, "metrics.json"), metrics)
+    return metrics

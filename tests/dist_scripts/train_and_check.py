@@ -1,0 +1,41 @@
+"""Run under torchrun/deepspeed: train via the library, then (every rank) compare the frozen backbone with a
+freshly built copy and write a JSON verdict from rank 0. Args: <result.json> then `ds-prompt train` flags."""
+import json
+import sys
+
+import torch
+
+from ds_prompt import dist
+from ds_prompt.cli import _strip_launcher_args
+from ds_prompt.config import TrainConfig, build_config
+from ds_prompt.engine import trainer
+from ds_prompt.models.tiny import build_tiny
+
+
+def main():
+    result_path, argv = sys.argv[1], _strip_launcher_args(sys.argv[2:])
+    flags = {argv[i].lstrip("-"): argv[i + 1] for i in range(0, len(argv), 2)}
+    cfg = build_config(TrainConfig, None, **flags)
+    captured = {}
+    original = trainer._finish
+
+    def finish(ctx, run, final, task):
+        from ds_prompt.dist import gathered
+        reference, _ = build_tiny(cfg.model.split(":", 1)[1])
+        ref = dict(reference.named_parameters())
+        unchanged = True
+        for name, p in ctx.backbone.model.named_parameters():
+            with gathered(p):
+                unchanged &= torch.equal(p.detach().cpu(), ref[name].detach())
+        captured["backbone_unchanged"] = bool(unchanged)
+        captured["zero3_partitioned"] = any(hasattr(p, "ds_id") for p in ctx.backbone.model.parameters())
+        return original(ctx, run, final, task)
+
+    trainer._finish = finish
+    metrics = trainer.train(cfg)
+    if dist.is_rank0():
+        json.dump(dict(metrics, **captured, world_size=dist.world_size()), open(result_path, "w"))
+
+
+if __name__ == "__main__":
+    main()

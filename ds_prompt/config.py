@@ -46,6 +46,9 @@ class TrainConfig:
     eval_batch_size: int = 64
     log_every: int = 10
     resume: bool = True                   # continue from <output_dir>/checkpoints/latest if present
+    init_state: str | None = None         # a previous run's output_dir: start from its latest trainable state
+                                          # (prompt, optimizer moments, schedule, step) -- FPT stage hand-off
+    reset_optimizer: bool = False         # with init_state: take only the prompt, fresh optimizer/schedule
     activation_checkpointing: bool = False
     bucket: bool = True                   # length-bucketed batches
     progress: bool = True

@@ -40,10 +40,11 @@ class RunState:
     tokens: float = 0.0
 
 
-def train(cfg: TrainConfig, prompt_override: torch.Tensor | None = None) -> dict:
+def train(cfg: TrainConfig, prompt_override: torch.Tensor | None = None, model_transform=None) -> dict:
     """Train a soft prompt per `cfg`; returns the final metrics (also in <output_dir>/metrics.json).
 
-    `prompt_override` (a [L, d] tensor) replaces the init spec: used by transfer-init and FPT stages.
+    `prompt_override` (a [L, d] tensor) replaces the init spec (transfer-init). `model_transform(backbone)`
+    edits the frozen backbone in place before the engine is built (FPT partial models).
     """
     ds_setup.init_distributed()
     out = cfg.resolved_output_dir()
@@ -55,7 +56,9 @@ def train(cfg: TrainConfig, prompt_override: torch.Tensor | None = None) -> dict
     train_examples = load_examples(task, "train", cfg.data_dir, limit=cfg.train_limit, seed=cfg.seed)
     eval_examples = load_examples(task, "eval", cfg.data_dir, limit=cfg.eval_limit, seed=cfg.seed)
     backbone = load_model_for(cfg.model, cfg.family, cfg.dtype, cfg.quantization, cfg.attn_implementation)
-    resumed = ckpt.load_latest(out) if cfg.resume else None
+    if model_transform is not None:
+        model_transform(backbone)
+    resumed = _starting_state(cfg, out)
     init = prompt_override if prompt_override is not None else cfg.init
     built = build_prompted(backbone, task, cfg.prompt_length, cfg.max_length, cfg.head, init, cfg.seed)
     if resumed:
@@ -75,7 +78,7 @@ def train(cfg: TrainConfig, prompt_override: torch.Tensor | None = None) -> dict
     engine, _, scheduler = ds_setup.initialize_engine(built.model, ds_config, optimizer, scheduler)
 
     run = RunState()
-    if resumed:
+    if resumed and not (cfg.reset_optimizer and resumed[1].get("from_init_state")):
         tensors, meta = resumed
         ckpt.restore_optimizer(engine, tensors, meta)
         ckpt.restore_scheduler(scheduler, meta["scheduler"])
@@ -86,18 +89,36 @@ def train(cfg: TrainConfig, prompt_override: torch.Tensor | None = None) -> dict
     ctx = _LoopContext(cfg, out, engine, scheduler, plan, train_enc, eval_enc, built, backbone)
     log = RunLogger(os.path.join(out, "tb"), cfg.max_steps, run.step, cfg.progress)
     if resumed:
-        log.message(f"resumed from {out}/{ckpt.CKPT_DIR} at step {run.step}")
+        log.message(f"starting from {resumed[1]['source']} at step {run.step}")
     try:
         if run.accuracy_before is None:
             run.accuracy_before = ctx.evaluate()["accuracy"]
             log.scalars(0, {"accuracy": run.accuracy_before}, prefix="eval")
         _train_loop(ctx, run, log)
-        final = ctx.evaluate() if not run.history or run.history[-1]["step"] != run.step else run.history[-1]
+        final = ctx.evaluate()
+        if cfg.save_every:
+            _save_checkpoint(ctx, run)
     finally:
         log.close()
     metrics = _finish(ctx, run, final, task)
     dist.barrier()
     return metrics
+
+
+def _starting_state(cfg: TrainConfig, out: str):
+    """(tensors, meta) to start from: this run's own latest checkpoint (resume) first, else --init_state's."""
+    own = ckpt.load_latest(out) if cfg.resume else None
+    if own:
+        own[1]["source"] = f"{out}/{ckpt.CKPT_DIR}"
+        return own
+    if not cfg.init_state:
+        return None
+    seed = ckpt.load_latest(cfg.init_state)
+    if seed is None:
+        raise UserError(f"--init_state {cfg.init_state} has no checkpoints/latest: pass a finished run's "
+                        f"--output_dir (trained with --save_every > 0)")
+    seed[1].update(source=f"{cfg.init_state}/{ckpt.CKPT_DIR}", from_init_state=True)
+    return seed
 
 
 @dataclass

@@ -1,0 +1,98 @@
+"""Prompt artifacts, PEFT interop, and reading frozen rows of ZeRO-3-partitioned models."""
+import json
+
+import pytest
+import torch
+
+from ds_prompt.artifacts import export_peft, load_prompt, save_prompt
+from ds_prompt.errors import UserError
+from ds_prompt.models.soft_prompt import init_prompt_tensor
+from ds_prompt.models.tiny import build_tiny
+
+
+def test_save_load_roundtrip_keeps_values_and_metadata(tmp_path):
+    prompt = torch.randn(7, 32)
+    save_prompt(tmp_path, prompt, {"backbone": "tiny:bert", "task": "demo"}, {"head.linear.weight": torch.ones(2, 32)})
+    got, meta, extra = load_prompt(tmp_path)
+    assert torch.equal(got, prompt) and meta["prompt_length"] == 7 and meta["d_model"] == 32
+    assert meta["format"] == "ds_prompt.prompt/1" and torch.equal(extra["head.linear.weight"], torch.ones(2, 32))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+def test_peft_export_loads_in_peft_and_peft_adapter_loads_here(tmp_path):
+    peft = pytest.importorskip("peft")
+    model, _ = build_tiny("gpt2")
+    ours = torch.randn(6, 32)
+    export_peft(ours, {"backbone": "tiny:gpt2", "family": "causal"}, tmp_path / "exported", model.config)
+    loaded = peft.PeftModel.from_pretrained(model, str(tmp_path / "exported"))
+    theirs = loaded.get_prompt_embedding_to_save(adapter_name="default")
+    torch.testing.assert_close(theirs.float(), ours)
+
+    fresh, _ = build_tiny("gpt2")
+    config = peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5)
+    pm = peft.get_peft_model(fresh, config)
+    pm.save_pretrained(str(tmp_path / "from_peft"))
+    want = pm.get_prompt_embedding_to_save(adapter_name="default").float()
+    got, meta, _ = load_prompt(tmp_path / "from_peft")
+    torch.testing.assert_close(got, want)
+    assert meta["source"] == "peft"
+    emb = fresh.get_input_embeddings()
+    torch.testing.assert_close(init_prompt_tensor(f"file:{tmp_path / 'from_peft'}", 5, emb, None, 0), want)
+
+
+def test_zero3_partitioned_embedding_rows_are_gathered_for_init_and_label_words():
+    """peft#206: ZeRO-3 partitions embeddings to shape 0; vocab/text init and label rows must gather them."""
+    import deepspeed
+
+    from ds_prompt.engine.setup import init_distributed
+    from ds_prompt.models.heads import LabelWordHead
+    init_distributed()
+    plain, tok = build_tiny("bert")
+    config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}}
+    sharded, _ = build_tiny("bert")
+    deepspeed.zero.Init(module=sharded, config_dict_or_path=config)
+    emb = sharded.get_input_embeddings()
+    assert hasattr(emb.weight, "ds_id") and emb.weight.numel() == 0, "weights should be partitioned"
+    for spec in ("vocab", "text:rate the review"):
+        want = init_prompt_tensor(spec, 5, plain.get_input_embeddings(), tok, 3)
+        torch.testing.assert_close(init_prompt_tensor(spec, 5, emb, tok, 3), want)
+    words = (("bad",), ("good", "great"))
+    a, b = LabelWordHead.from_model(sharded, tok, words), LabelWordHead.from_model(plain, tok, words)
+    torch.testing.assert_close(a.word_weight, b.word_weight)
+    torch.testing.assert_close(a.word_bias, b.word_bias)
+
+
+@pytest.mark.parametrize("make,needle", [
+    (lambda p: p.write_bytes(b"\x00not safetensors"), "corrupt"),
+    (lambda p: __import__("safetensors.torch").torch.save_file({"weights": torch.ones(2)}, str(p)), "no 'prompt'"),
+])
+def test_corrupt_or_foreign_prompt_files_are_clear_errors(tmp_path, make, needle):
+    path = tmp_path / "prompt.safetensors"
+    make(path)
+    with pytest.raises(UserError, match=needle):
+        load_prompt(path)
+
+
+def test_pickle_files_are_refused_without_unpickling(tmp_path):
+    path = tmp_path / "prompt.pt"
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+    import pickle
+    path.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(UserError, match="never unpickles"):
+        load_prompt(path)
+    assert not marker.exists()
+
+
+def test_width_and_length_mismatch_name_the_fix(tmp_path):
+    model, tok = build_tiny("bert")
+    save_prompt(tmp_path / "p", torch.randn(4, 16), {"backbone": "x"})
+    with pytest.raises(UserError, match="d=16 but the model expects 32.*projector"):
+        init_prompt_tensor(f"file:{tmp_path / 'p'}", 4, model.get_input_embeddings(), tok, 0)
+    save_prompt(tmp_path / "q", torch.randn(4, 32), {"backbone": "x"})
+    with pytest.raises(UserError, match="--prompt_length 4"):
+        init_prompt_tensor(f"file:{tmp_path / 'q'}", 9, model.get_input_embeddings(), tok, 0)
+    assert json.loads((tmp_path / "q" / "prompt.json").read_text())["d_model"] == 32

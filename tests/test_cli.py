@@ -1,0 +1,133 @@
+"""`ds-prompt` end to end (in-process), and every bad input: one error line, exit != 0, no artifact."""
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from ds_prompt.artifacts import save_prompt
+from ds_prompt.cli import main
+
+BASE = ["--model", "tiny:bert", "--task", "demo", "--train_limit", "32", "--eval_limit", "16", "--batch_size",
+        "8", "--max_steps", "2", "--prompt_length", "4", "--progress", "False", "--save_every", "0"]
+
+
+def run(argv, capsys):
+    code = main(argv)
+    err = capsys.readouterr().err
+    return code, [ln for ln in err.splitlines() if ln.startswith("ds-prompt: error")]
+
+
+def test_train_evaluate_export_roundtrip(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train"] + BASE + ["--output_dir", str(out), "--eval_limit", "None", "--max_steps", "4"]
+    assert main(argv) == 0
+    trained = json.loads((out / "metrics.json").read_text())
+    capsys.readouterr()
+    assert main(["evaluate", "--prompt", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((out / "eval_demo.json").read_text())
+    assert result["accuracy"] == pytest.approx(trained["accuracy"]) and result["n"] == trained["eval_n"] == 160
+    assert f"{result['accuracy']:.4f}" in printed
+    assert main(["export", "--prompt", str(out), "--format", "peft", "--output_dir", str(tmp_path / "peft")]) == 0
+    exported = load_file(str(tmp_path / "peft" / "adapter_model.safetensors"))["prompt_embeddings"]
+    assert torch.equal(exported, load_file(str(out / "prompt.safetensors"))["prompt"])
+    config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "PROMPT_TUNING" and config["num_virtual_tokens"] == 4
+
+
+def _empty_data(tmp_path):
+    d = tmp_path / "empty"
+    d.mkdir()
+    (d / "train.jsonl").write_text("")
+    (d / "validation.jsonl").write_text('{"text": "ok", "label": "positive"}\n')
+    return str(d)
+
+
+def _narrow_prompt(tmp_path):
+    save_prompt(tmp_path / "narrow", torch.randn(4, 16), {"backbone": "tiny:bert", "task": "demo"})
+    return f"file:{tmp_path / 'narrow'}"
+
+
+def _bad_config(tmp_path):
+    p = tmp_path / "cfg.json"
+    p.write_text(json.dumps({"lrr": 0.1}))
+    return str(p)
+
+
+def _corrupt_prompt(tmp_path):
+    d = tmp_path / "corrupt"
+    d.mkdir()
+    (d / "prompt.safetensors").write_bytes(b"garbage" * 9)
+    return str(d)
+
+
+def _foreign_prompt(tmp_path):
+    d = tmp_path / "foreign"
+    d.mkdir()
+    save_file({"lm_head.weight": torch.ones(2, 2)}, str(d / "prompt.safetensors"))
+    return str(d)
+
+
+def _pickle_prompt(tmp_path):
+    p = tmp_path / "prompt.pt"
+    torch.save({"prompt": torch.ones(4, 32)}, p)
+    return str(p)
+
+
+TRAIN_CASES = {
+    "unknown task": (lambda t: ["--task", "nope"], "unknown task 'nope'"),
+    "unknown model": (lambda t: ["--model", str(t / "no_such_model")], "cannot load model"),
+    "unknown tiny arch": (lambda t: ["--model", "tiny:nope"], "unknown tiny architecture 'nope'"),
+    "missing data dir": (lambda t: ["--data_dir", str(t / "missing")], "missing"),
+    "empty dataset": (lambda t: ["--data_dir", _empty_data(t)], "empty"),
+    "prompt width": (lambda t: ["--init", _narrow_prompt(t)], "d=16 but the model expects 32"),
+    "bad init": (lambda t: ["--init", "zeros"], "unknown --init 'zeros'"),
+    "bad config key": (lambda t: ["--config", _bad_config(t)], r"unknown config key\(s\) lrr"),
+    "bad flag": (lambda t: ["--lrr", "0.1"], r"unknown config key\(s\) lrr"),
+    "wrong type": (lambda t: ["--max_steps", "many"], "--max_steps 'many' is not a valid int"),
+    "negative": (lambda t: ["--lr", "-1"], "--lr must be > 0"),
+    "bad deepspeed": (lambda t: ["--deepspeed", "zero9"], "--deepspeed 'zero9'"),
+    "indivisible batch": (lambda t: ["--batch_size", "8", "--grad_accum", "3"], "not divisible"),
+    "non-finite loss": (lambda t: ["--lr", "1e30", "--max_steps", "6", "--log_every", "1"], "non-finite|became"),
+    "unwritable output": (lambda t: ["--output_dir", "/proc/ds_prompt_out"], "not writable"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRAIN_CASES))
+def test_train_bad_input_gives_one_error_line(case, tmp_path, capsys):
+    extra, needle = TRAIN_CASES[case]
+    out = tmp_path / "out"
+    args = extra(tmp_path)
+    argv = ["train"] + BASE + ["--output_dir", str(out)] + args
+    code, errors = run(argv, capsys)
+    assert code != 0, case
+    assert len(errors) == 1, errors
+    import re
+    assert re.search(needle, errors[0]), errors[0]
+    assert not (out / "prompt.safetensors").exists() and not (out / "metrics.json").exists()
+
+
+EVAL_CASES = {
+    "corrupt prompt": (_corrupt_prompt, "corrupt"),
+    "foreign prompt": (_foreign_prompt, "no 'prompt' tensor"),
+    "pickle prompt": (_pickle_prompt, "never unpickles"),
+    "missing prompt": (lambda t: str(t / "nothing.safetensors"), "does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EVAL_CASES))
+def test_evaluate_and_export_bad_prompt_files(case, tmp_path, capsys):
+    make, needle = EVAL_CASES[case]
+    path = make(tmp_path)
+    for argv in (["evaluate", "--prompt", path, "--task", "demo"],
+                 ["export", "--prompt", path, "--format", "peft", "--output_dir", str(tmp_path / "exp")]):
+        code, errors = run(argv, capsys)
+        assert code != 0 and len(errors) == 1 and needle in errors[0], (argv, errors)
+    assert not (tmp_path / "exp" / "adapter_model.safetensors").exists()
+
+
+def test_export_unknown_format(tmp_path, capsys):
+    code, errors = run(["export", "--prompt", "x", "--format", "onnx", "--output_dir", str(tmp_path)], capsys)
+    assert code != 0 and "unknown --format 'onnx'" in errors[0]

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from ds_prompt.data.encoding import TemplateEncoder
+from ds_prompt.dist import gathered
 from ds_prompt.models.backbone import Backbone, load_backbone
 from ds_prompt.models.heads import mean_pool
 from ds_prompt.models.prompted import PromptedModel, build_head, new_soft_prompt
@@ -27,7 +28,9 @@ def pooled_text_embeddings(backbone: Backbone):
     def encode(texts: list[str]) -> torch.Tensor:
         batch = tok(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
         dev = model.get_input_embeddings().weight.device
-        with torch.no_grad():
+        # Runs before the engine exists, so ZeRO-3 hooks cannot gather weights: gather them here (encoders
+        # with a similarity head are small).
+        with torch.no_grad(), gathered(list(model.parameters())):
             h = model.base_model(input_ids=batch["input_ids"].to(dev),
                                  attention_mask=batch["attention_mask"].to(dev)).last_hidden_state
         return mean_pool(h.float(), batch["attention_mask"].to(dev)).cpu()

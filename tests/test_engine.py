@@ -70,6 +70,21 @@ def test_two_rank_zero3_trains_prompt_and_keeps_backbone_bitwise(tmp_path):
     assert last < first, f"loss did not fall: {events}"
 
 
+@pytest.mark.multiproc
+@pytest.mark.parametrize("arch", ["bert", "bert_encoder"])
+def test_two_rank_zero3_loads_a_hf_folder_sharded(tmp_path, arch):
+    """A model loaded by name under ZeRO-3 is partitioned while it loads (zero.Init), not after."""
+    from ds_prompt.models.tiny import build_tiny
+    model, tok = build_tiny(arch)
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    result = tmp_path / "result.json"
+    args = dict(TINY, model=tmp_path / "model", output_dir=tmp_path / "run", deepspeed="zero3_cpu", max_steps=6)
+    _torchrun(2, ["tests/dist_scripts/train_and_check.py", str(result)] + _flags(args))
+    r = json.loads(result.read_text())
+    assert r["partitioned_at_load"] and r["backbone_unchanged"] and r["steps"] == 6
+
+
 def load_scalars(tb_dir, tag):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(str(tb_dir))
@@ -93,3 +108,18 @@ def test_resume_at_other_world_size_matches_uninterrupted(tmp_path, stage, first
     m_full = json.loads((tmp_path / "full" / "metrics.json").read_text())
     m_cut = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     assert m_cut["world_size"] == second and m_cut["steps"] == m_full["steps"] == 10
+
+
+@pytest.mark.multiproc
+def test_deepspeed_launcher_runs_the_train_module(tmp_path):
+    """The documented cluster entry point: `deepspeed --num_gpus N --module ds_prompt.cli train ...`."""
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    args = dict(TINY, output_dir=tmp_path / "run", deepspeed="zero2_cpu", max_steps=4)
+    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "--module", "ds_prompt.cli",
+           "train"] + _flags(args)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["steps"] == 4

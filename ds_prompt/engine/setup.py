@@ -1,6 +1,7 @@
 """DeepSpeed plumbing: process group, config resolution, engine construction, optimizer and schedule."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -79,6 +80,23 @@ def fill_ds_config(config: dict, batch_size: int, grad_accum: int, grad_clip: fl
     if config.get("bf16", {}).get("enabled") and not torch.cuda.is_available():
         raise UserError("this DeepSpeed config enables bf16, which is ~150x slower on CPU: use a *_cpu config")
     return config
+
+
+@contextlib.contextmanager
+def sharded_loading(ds_config: dict):
+    """Under ZeRO-3, make `from_pretrained` build the model inside deepspeed.zero.Init, so each rank only
+    ever holds its shard of the frozen weights (a 70B model never materializes whole on one rank)."""
+    if zero_stage(ds_config) != 3:
+        yield
+        return
+    from transformers.integrations import HfDeepSpeedConfig
+    keep_alive = HfDeepSpeedConfig(ds_config)  # transformers holds only a weak reference
+    try:
+        yield
+    finally:
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+        unset_hf_deepspeed_config()
+        del keep_alive
 
 
 def zero_stage(config: dict) -> int:

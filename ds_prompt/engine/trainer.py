@@ -55,7 +55,10 @@ def train(cfg: TrainConfig, prompt_override: torch.Tensor | None = None, model_t
     task = get_task(cfg.task)
     train_examples = load_examples(task, "train", cfg.data_dir, limit=cfg.train_limit, seed=cfg.seed)
     eval_examples = load_examples(task, "eval", cfg.data_dir, limit=cfg.eval_limit, seed=cfg.seed)
-    backbone = load_model_for(cfg.model, cfg.family, cfg.dtype, cfg.quantization, cfg.attn_implementation)
+    ds_config = ds_setup.fill_ds_config(ds_setup.load_ds_config(cfg.deepspeed), cfg.batch_size, cfg.grad_accum,
+                                        cfg.grad_clip, dist.world_size())
+    with ds_setup.sharded_loading(ds_config):  # ZeRO-3: weights are partitioned as they load
+        backbone = load_model_for(cfg.model, cfg.family, cfg.dtype, cfg.quantization, cfg.attn_implementation)
     if model_transform is not None:
         model_transform(backbone)
     resumed = _starting_state(cfg, out)
@@ -70,8 +73,6 @@ def train(cfg: TrainConfig, prompt_override: torch.Tensor | None = None, model_t
     eval_enc = [built.encoder.encode(e) for e in eval_examples]
     plan = BatchPlan([len(e.input_ids) for e in train_enc], cfg.batch_size, cfg.seed, cfg.bucket)
 
-    ds_config = ds_setup.fill_ds_config(ds_setup.load_ds_config(cfg.deepspeed), cfg.batch_size, cfg.grad_accum,
-                                        cfg.grad_clip, dist.world_size())
     trainable = [p for p in built.model.parameters() if p.requires_grad]
     optimizer = ds_setup.build_optimizer(cfg.optimizer, trainable, cfg.lr, cfg.weight_decay)
     scheduler = ds_setup.build_scheduler(cfg.scheduler, optimizer, cfg.warmup_steps, cfg.max_steps)
@@ -147,7 +148,7 @@ def _train_loop(ctx: _LoopContext, run: RunState, log: RunLogger) -> None:
     world, me = dist.world_size(), dist.rank()
     pad_id = ctx.backbone.tokenizer.pad_token_id
     epoch_cache: dict[int, list] = {}
-    loss_sum, tokens, t0 = torch.zeros(()), 0.0, time.perf_counter()
+    loss_sum, tokens, t0 = torch.zeros((), device=engine.device), 0.0, time.perf_counter()
     engine.train()
     ctx.backbone.model.eval()  # the frozen backbone keeps dropout off: deterministic, resumable steps
     while run.step < cfg.max_steps:
@@ -156,14 +157,14 @@ def _train_loop(ctx: _LoopContext, run: RunState, log: RunLogger) -> None:
             epoch_cache = {epoch: plan.epoch(epoch)}
         global_batch = epoch_cache[epoch][index]
         for micro in plan.micro_batches(global_batch, world, me, cfg.grad_accum):
-            batch = {k: v.to(engine.device) for k, v in
-                     collate([ctx.train_enc[i] for i in micro], pad_id, ctx.left_pad).items()}
+            cpu_batch = collate([ctx.train_enc[i] for i in micro], pad_id, ctx.left_pad)
+            tokens += sum(len(ctx.train_enc[i].input_ids) for i in micro) + cfg.prompt_length * len(micro)
+            batch = {k: v.to(engine.device, non_blocking=True) for k, v in cpu_batch.items()}
             logits = engine(batch["input_ids"], batch["attention_mask"], batch["score_index"])
             loss = F.cross_entropy(logits.float(), batch["labels"])
             engine.backward(loss)
             engine.step()
-            loss_sum += loss.detach().cpu() / cfg.grad_accum
-            tokens += float(batch["attention_mask"].sum()) + cfg.prompt_length * len(micro)
+            loss_sum += loss.detach() / cfg.grad_accum  # stays on device: no sync until the log step
         run.step += 1
         log.advance(1)
         if run.step % cfg.log_every == 0 or run.step == cfg.max_steps:
@@ -203,7 +204,7 @@ def _log_train(ctx, run, log, loss_sum, tokens, t0):
     run.tokens += stats[1].item()
     log.scalars(run.step, values)
     log.advance(0, loss=loss, tok_s=values["tokens_per_s"])
-    return torch.zeros(()), 0.0, time.perf_counter()
+    return torch.zeros((), device=engine.device), 0.0, time.perf_counter()
 
 
 def _save_checkpoint(ctx: _LoopContext, run: RunState) -> None:

@@ -9,7 +9,7 @@ from ds_prompt import dist
 from ds_prompt.cli import _strip_launcher_args
 from ds_prompt.config import TrainConfig, build_config
 from ds_prompt.engine import trainer
-from ds_prompt.models.tiny import build_tiny
+from ds_prompt.models.backbone import load_backbone
 
 
 def main():
@@ -19,10 +19,12 @@ def main():
     captured = {}
     original = trainer._finish
 
+    def at_load(backbone):
+        captured["partitioned_at_load"] = all(hasattr(p, "ds_id") for p in backbone.model.parameters())
+
     def finish(ctx, run, final, task):
         from ds_prompt.dist import gathered
-        reference, _ = build_tiny(cfg.model.split(":", 1)[1])
-        ref = dict(reference.named_parameters())
+        ref = dict(load_backbone(cfg.model, family=cfg.family, dtype="fp32").model.named_parameters())
         unchanged = True
         for name, p in ctx.backbone.model.named_parameters():
             with gathered(p):
@@ -32,7 +34,7 @@ def main():
         return original(ctx, run, final, task)
 
     trainer._finish = finish
-    metrics = trainer.train(cfg)
+    metrics = trainer.train(cfg, model_transform=at_load)
     if dist.is_rank0():
         json.dump(dict(metrics, **captured, world_size=dist.world_size()), open(result_path, "w"))
 

@@ -1,0 +1,201 @@
+"""ds_prompt vs HF PEFT PromptTuning on the same model, data, batch size, lengths, prompt length and steps.
+
+    python -m bench.peft_compare --family mlm|causal|seq2seq [--quick] [--steps N] [--size small|base]
+
+Both train a prompt on the same frozen model copy (same weights), same task examples, same global batch size,
+max length, prompt length, optimizer (AdamW) and steps, in one process, alternating nothing: ds_prompt first,
+then PEFT, each after a warm-up step. Each system uses its own natural pipeline:
+- ds_prompt: the DeepSpeed engine (ZeRO-0), length-bucketed dynamic padding, label-word-only scoring;
+- PEFT: `get_peft_model(PromptTuningConfig)`, random batches with dynamic padding, the model's full-vocabulary
+  logits (what PEFT computes), cross-entropy over the label-word ids at the scoring position.
+The class logits are the same function in both (label ids at the scoring position), so accuracy after the same
+steps must agree within noise. Prints one line per system and a final `tokens_per_s_ratio=<ds_prompt/PEFT>`.
+Tokens counted = non-pad text tokens + prompt tokens, per processed example.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import random
+import resource
+import time
+
+import torch
+import torch.nn.functional as F
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+FAMILY_ARCH = {"mlm": "bert", "causal": "gpt2", "seq2seq": "t5"}
+PEFT_TASK = {"mlm": "FEATURE_EXTRACTION", "causal": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM"}
+
+
+def build_model(family: str, size: str):
+    """A random-init model of `family`: 'tiny' (2 layers, d=32) or 'small' (6 layers, d=384, like MiniLM)."""
+    from ds_prompt.models import tiny
+    arch = FAMILY_ARCH[family]
+    if size == "tiny":
+        return tiny.build_tiny(arch)
+    saved = (tiny.D_MODEL, tiny.N_LAYERS, tiny.N_HEADS, tiny.D_FF)
+    tiny.D_MODEL, tiny.N_LAYERS, tiny.N_HEADS, tiny.D_FF = 384, 6, 6, 1536
+    try:
+        return tiny.build_tiny(arch)
+    finally:
+        tiny.D_MODEL, tiny.N_LAYERS, tiny.N_HEADS, tiny.D_FF = saved
+
+
+def _data(task_name, data_dir, n_train, n_eval, seed):
+    from ds_prompt.data.loading import load_examples
+    from ds_prompt.data.tasks import get_task
+    task = get_task(task_name)
+    return task, load_examples(task, "train", data_dir, n_train, seed), load_examples(task, "eval", data_dir, n_eval, seed)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_ds_prompt(model, tok, family, task, train, evals, args):
+    from ds_prompt.builders import build_prompted
+    from ds_prompt.data.encoding import BatchPlan, collate
+    from ds_prompt.engine import setup
+    from ds_prompt.engine.evaluate import evaluate
+    from ds_prompt.models.backbone import Backbone, freeze
+    from ds_prompt.models.family import Family
+    setup.init_distributed()
+    bb = Backbone(freeze(model), tok, Family(family), "bench")
+    tok.padding_side = "left" if family == "causal" else "right"
+    built = build_prompted(bb, task, args.prompt_length, args.max_length, "label_words", "normal:0.02", args.seed)
+    enc = [built.encoder.encode(e) for e in train]
+    ev = [built.encoder.encode(e) for e in evals]
+    plan = BatchPlan([len(e.input_ids) for e in enc], args.batch_size, args.seed, bucket=True)
+    cfg = setup.fill_ds_config(setup.load_ds_config("zero0_cpu"), args.batch_size, 1, 1.0, 1)
+    opt = setup.build_optimizer("adamw", [p for p in built.model.parameters() if p.requires_grad], args.lr, 0.0)
+    engine, _, _ = setup.initialize_engine(built.model, cfg, opt, setup.build_scheduler("constant", opt, 0, 1))
+    left = family == "causal"
+    batches = [b for e in range(100) for b in plan.epoch(e)][: args.steps + 1]
+
+    def step(idx):
+        batch = collate([enc[i] for i in idx], tok.pad_token_id, left)
+        loss = F.cross_entropy(engine(batch["input_ids"], batch["attention_mask"], batch["score_index"]),
+                               batch["labels"])
+        engine.backward(loss)
+        engine.step()
+        return float(batch["attention_mask"].sum()) + args.prompt_length * len(idx)
+
+    step(batches[0])  # warm-up
+    t0, tokens = time.perf_counter(), 0.0
+    for idx in batches[1:]:
+        tokens += step(idx)
+    elapsed = time.perf_counter() - t0
+    acc = evaluate(engine, ev, 64, tok.pad_token_id, left, torch.device("cpu"))["accuracy"]
+    return {"tokens_per_s": tokens / elapsed, "s_per_step": elapsed / args.steps, "accuracy": acc}
+
+
+def run_peft(model, tok, family, task, train, evals, args):
+    import peft
+
+    from ds_prompt.data.encoding import TemplateEncoder, collate
+    from ds_prompt.models.family import Family
+    from ds_prompt.models.heads import class_matrix, label_word_ids
+    for p in model.parameters():
+        p.requires_grad_(False)
+    pm = peft.get_peft_model(model, peft.PromptTuningConfig(task_type=PEFT_TASK[family],
+                                                            num_virtual_tokens=args.prompt_length))
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(args.seed)
+        emb = pm.prompt_encoder["default"].embedding.weight
+        emb.copy_(torch.randn(emb.shape, generator=g) * 0.02)
+    tok.padding_side = "left" if family == "causal" else "right"
+    encoder = TemplateEncoder(task, tok, Family(family), args.max_length, args.prompt_length)
+    enc = [encoder.encode(e) for e in train]
+    ev = [encoder.encode(e) for e in evals]
+    ids, mat = class_matrix(label_word_ids(tok, task.label_words))
+    opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=args.lr)
+    left = family == "causal"
+    rng = random.Random(args.seed)
+
+    def logits_of(batch):
+        kw = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        if family == "seq2seq":
+            start = model.config.decoder_start_token_id
+            kw["decoder_input_ids"] = torch.full((len(batch["labels"]), 1), start, dtype=torch.long)
+            vocab = pm(**kw).logits[:, 0]
+        else:
+            out = pm(**kw).logits
+            pos = (out.shape[1] - 1) if left else (args.prompt_length + batch["score_index"])
+            rows = torch.arange(out.shape[0])
+            vocab = out[rows, pos] if not left else out[:, -1]
+        return vocab[:, ids] @ mat.T
+
+    def step(idx):
+        batch = collate([enc[i] for i in idx], tok.pad_token_id, left)
+        loss = F.cross_entropy(logits_of(batch), batch["labels"])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in pm.parameters() if p.requires_grad], 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(batch["attention_mask"].sum()) + args.prompt_length * len(idx)
+
+    order = list(range(len(enc)))
+    batches = []
+    while len(batches) < args.steps + 1:
+        rng.shuffle(order)
+        batches += [order[s:s + args.batch_size] for s in range(0, len(order) - args.batch_size + 1, args.batch_size)]
+    pm.train()
+    model.eval()
+    step(batches[0])
+    t0, tokens = time.perf_counter(), 0.0
+    for idx in batches[1:args.steps + 1]:
+        tokens += step(idx)
+    elapsed = time.perf_counter() - t0
+    correct = 0
+    with torch.no_grad():
+        for s in range(0, len(ev), 64):
+            batch = collate(ev[s:s + 64], tok.pad_token_id, left)
+            correct += int((logits_of(batch).argmax(-1) == batch["labels"]).sum())
+    return {"tokens_per_s": tokens / elapsed, "s_per_step": elapsed / args.steps, "accuracy": correct / len(ev)}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--family", choices=sorted(FAMILY_ARCH), required=True)
+    parser.add_argument("--quick", action="store_true", help="tiny config, few steps: under a minute on CPU")
+    parser.add_argument("--size", choices=["tiny", "small"], default="small")
+    parser.add_argument("--task", default="demo")
+    parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--prompt_length", type=int, default=20)
+    parser.add_argument("--max_length", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.03)
+    parser.add_argument("--n_train", type=int, default=400)
+    parser.add_argument("--n_eval", type=int, default=160)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.size, args.steps, args.n_train, args.n_eval = "tiny", 8, 200, 64
+    torch.manual_seed(args.seed)
+    model, tok = build_model(args.family, args.size)
+    peft_model = copy.deepcopy(model)
+    task, train, evals = _data(args.task, args.data_dir, args.n_train, args.n_eval, args.seed)
+    print(f"family={args.family} size={args.size} task={args.task} steps={args.steps} batch={args.batch_size} "
+          f"prompt={args.prompt_length} max_length={args.max_length} torch={torch.__version__} "
+          f"threads={torch.get_num_threads()}")
+    rss0 = _peak_rss_mb()
+    ours = run_ds_prompt(model, tok, args.family, task, train, evals, args)
+    ours["peak_rss_mb"] = _peak_rss_mb()
+    theirs = run_peft(peft_model, copy.deepcopy(tok), args.family, task, train, evals, args)
+    theirs["peak_rss_mb"] = _peak_rss_mb()
+    for name, r in (("ds_prompt", ours), ("peft", theirs)):
+        print(f"{name:9s} tokens/s={r['tokens_per_s']:.1f} s/step={r['s_per_step']:.4f} "
+              f"accuracy={r['accuracy']:.4f} peak_rss_mb={r['peak_rss_mb']:.0f} (process start {rss0:.0f})")
+    ratio = ours["tokens_per_s"] / theirs["tokens_per_s"]
+    print(f"s_per_step_ratio={theirs['s_per_step'] / ours['s_per_step']:.3f} (PEFT/ds_prompt)")
+    print(f"tokens_per_s_ratio={ratio:.3f}")
+    return {"ds_prompt": ours, "peft": theirs, "ratio": ratio}
+
+
+if __name__ == "__main__":
+    main()

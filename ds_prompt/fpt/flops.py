@@ -1,0 +1,163 @@
+"""Analytic FLOPs of a prompt-tuning step through a frozen (possibly partial) model.
+
+Only matmuls are counted (a multiply-add = 2 FLOPs); norms, activations, softmax and embedding lookups are
+left out. Per example with s prompted input tokens, each layer costs, forward:
+- projections: 2 * tokens * (matmul parameters applied to those tokens): q,k,v,o and the FFN
+  (d_model * k * (2 if gated else 1) + k * d_model for k kept neurons);
+- attention: QK^T and AV, 2 * 2 * s_q * s_k * d_attn (the full s^2, also for causal masks).
+T5's decoder runs ONE step (the class is read at the first decoder position): its self-attention and FFN
+see 1 token, its cross-attention projects the s encoder states to keys/values (2 * s * 2 * d_model * d_kv)
+and scores 1 x s.
+The head (MLM transform + one row per class at one position) is counted separately and is negligible.
+
+Backward ("activations", the default): prompt tuning needs gradients w.r.t. activations only, because the
+frozen weights get no gradient; every weight matmul Y = X W costs one more matmul dX = dY W^T (1x its
+forward), and the attention matmuls, whose both operands are activations, cost 2x their forward. The
+"standard" convention (weights trained too: dX and dW) counts 2x forward for every matmul, the usual
+6 * params * tokens rule. A step is forward + backward over the GLOBAL batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ds_prompt.errors import UserError
+from ds_prompt.models.family import Family
+
+BACKWARD_CONVENTIONS = ("activations", "standard")
+
+
+@dataclass(frozen=True)
+class LengthStats:
+    """Prompted input lengths of the training data: mean tokens and mean squared tokens per example."""
+    mean: float
+    mean_sq: float
+
+    @classmethod
+    def of(cls, lengths: list[int]) -> "LengthStats":
+        if not lengths:
+            raise UserError("no training examples to measure lengths on: check --task / --data_dir")
+        return cls(sum(lengths) / len(lengths), sum(n * n for n in lengths) / len(lengths))
+
+    @classmethod
+    def fixed(cls, length: int) -> "LengthStats":
+        return cls(float(length), float(length * length))
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The dimensions that set a model's matmul FLOPs.
+
+    d_attn: query/output width (heads * head_dim); d_kv: key/value width (kv_heads * head_dim, GQA-aware).
+    layers: {stack role: layer count} ('encoder' and/or 'decoder'); head_params: matmul parameters applied
+    at the scoring position by the head.
+    """
+    family: Family
+    d_model: int
+    d_attn: int
+    d_kv: int
+    d_ff: int
+    gated: bool
+    layers: dict = field(default_factory=dict)
+    head_params: int = 0
+
+    @classmethod
+    def from_model(cls, model, family: Family, num_classes: int = 2) -> "ModelShape":
+        """Shape of a loaded HF model (read before any partial transform for the full model's)."""
+        from ds_prompt.models.ffn import ffn_layers, layer_stacks
+        cfg = model.config
+        d = cfg.hidden_size  # not the embedding width: ELECTRA projects smaller embeddings up
+        heads = cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or d // heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+        ref = ffn_layers(model)[0]
+        layers = {}
+        for stack in layer_stacks(model):
+            layers[stack.role] = layers.get(stack.role, 0) + len(stack.layers)
+        head = (d * d if family is Family.MLM else 0) + d * num_classes
+        return cls(family, d, heads * head_dim, kv_heads * head_dim, ref.d_ff, ref.gated, layers, head)
+
+    def to_dict(self) -> dict:
+        return {"family": self.family.value, "d_model": self.d_model, "d_attn": self.d_attn, "d_kv": self.d_kv,
+                "d_ff": self.d_ff, "gated": self.gated, "layers": dict(self.layers),
+                "head_params": self.head_params}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelShape":
+        return cls(**dict(data, family=Family(data["family"]), layers=dict(data["layers"])))
+
+    @property
+    def seq2seq(self) -> bool:
+        return self.family is Family.SEQ2SEQ
+
+
+@dataclass(frozen=True)
+class LayerFlops:
+    """Forward FLOPs of one layer for one example, split by backward cost class."""
+    weights: float      # matmuls with a frozen weight operand
+    attention: float    # QK^T and AV (both operands are activations)
+
+    def step(self, backward: str) -> float:
+        """Forward + backward FLOPs under a backward convention (see module doc)."""
+        if backward == "activations":
+            return 2 * self.weights + 3 * self.attention
+        if backward == "standard":
+            return 3 * (self.weights + self.attention)
+        raise UserError(f"unknown backward convention '{backward}': use one of {', '.join(BACKWARD_CONVENTIONS)}")
+
+
+def _ffn_params(shape: ModelShape, neurons: int) -> int:
+    return shape.d_model * neurons * (2 if shape.gated else 1) + neurons * shape.d_model
+
+
+def _attn_proj_params(shape: ModelShape) -> tuple[int, int]:
+    """(params applied to query-side tokens: q and o, params applied to key/value-side tokens: k and v)."""
+    return 2 * shape.d_model * shape.d_attn, 2 * shape.d_model * shape.d_kv
+
+
+def encoder_layer_flops(shape: ModelShape, lengths: LengthStats, neurons: int) -> LayerFlops:
+    """A self-attention layer over the s prompted tokens (encoders, causal decoders, T5's encoder)."""
+    qo, kv = _attn_proj_params(shape)
+    weights = 2 * lengths.mean * (qo + kv + _ffn_params(shape, neurons))
+    attention = 2 * 2 * lengths.mean_sq * shape.d_attn
+    return LayerFlops(weights, attention)
+
+
+def t5_decoder_layer_flops(shape: ModelShape, lengths: LengthStats, neurons: int, steps: int = 1) -> LayerFlops:
+    """A T5 decoder layer run for `steps` decoder tokens over s encoder states."""
+    qo, kv = _attn_proj_params(shape)
+    t = steps
+    self_attn = 2 * t * (qo + kv)
+    cross = 2 * t * qo + 2 * lengths.mean * kv
+    weights = self_attn + cross + 2 * t * _ffn_params(shape, neurons)
+    attention = 2 * 2 * (t * t + t * lengths.mean) * shape.d_attn
+    return LayerFlops(weights, attention)
+
+
+def layer_flops(shape: ModelShape, role: str, lengths: LengthStats, neurons: int) -> LayerFlops:
+    if shape.seq2seq and role == "decoder":
+        return t5_decoder_layer_flops(shape, lengths, neurons)
+    return encoder_layer_flops(shape, lengths, neurons)
+
+
+def step_flops(shape: ModelShape, lengths: LengthStats, batch_size: int, depth=1.0, width: float = 1.0,
+               backward: str = "activations", layers_only: bool = False) -> float:
+    """FLOPs of one training step (forward + backward over `batch_size` examples) through the partial
+    model (depth, width) of the full model `shape` — see `PartialModelSpec` for their meaning.
+    `layers_only` leaves out the head (a cost model of the transformer layers alone)."""
+    from ds_prompt.fpt.partial import PartialModelSpec
+    spec = PartialModelSpec(depth, width)
+    per_example = 0.0
+    for role, count in shape.layers.items():
+        per_layer = layer_flops(shape, role, lengths, spec.neurons_for(shape.d_ff)).step(backward)
+        per_example += spec.layers_for(count) * per_layer
+    if not layers_only:
+        per_example += LayerFlops(2 * shape.head_params, 0.0).step(backward)
+    return batch_size * per_example
+
+
+def flops_fraction(stage_flops: list[tuple[int, float]], full_flops_per_step: float) -> float:
+    """sum(steps_k * flops_per_step_k) / (sum(steps_k) * full flops per step): FPT vs plain PT compute."""
+    total_steps = sum(steps for steps, _ in stage_flops)
+    if total_steps <= 0 or full_flops_per_step <= 0:
+        raise UserError("a FLOPs fraction needs at least one step and a non-empty model")
+    return sum(steps * f for steps, f in stage_flops) / (total_steps * full_flops_per_step)

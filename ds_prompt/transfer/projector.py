@@ -1,0 +1,360 @@
+"""Cross-model prompt projector (REFERENCE §1): map a source model's prompt to a target model.
+
+    P_s [L_s, d_s] -> flatten -> Linear(L_s*d_s, hidden) -> LeakyReLU (or Tanh) -> Linear(hidden, L_t*d_t)
+                   -> reshape [L_t, d_t] -> LayerNorm(d_t)
+
+Trained with the TARGET task's loss through the frozen TARGET model (not by regressing onto target prompts):
+the projector output replaces the soft prompt (`ProjectedPrompt`), AdamW lr 5e-3, eps 1e-6, under DeepSpeed
+like prompt training. With several (source prompt, task) pairs, optimizer steps cycle through the pairs.
+Saved as projector.safetensors + projector.json; `apply_projector` writes an ordinary prompt artifact for the
+target model that `evaluate` and `train --init file:` accept.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ds_prompt import dist
+from ds_prompt.errors import UserError
+from ds_prompt.io import atomic_path, write_json
+
+FORMAT = "ds_prompt.projector/1"
+WEIGHTS_FILE, CONFIG_FILE = "projector.safetensors", "projector.json"
+ACTIVATIONS = {"leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh}
+HEAD_CLASSES = {"label_words": "LabelWordHead", "similarity": "SimilarityHead"}
+
+
+@dataclass
+class ProjectorConfig:
+    """Shapes and provenance of a projector; `target_length` 0 means the source length."""
+    source_length: int
+    source_dim: int
+    target_dim: int
+    target_length: int = 0
+    hidden: int = 768
+    activation: str = "leaky_relu"
+    source_model: str | None = None
+    target_model: str | None = None
+    target_family: str | None = None
+    target_head: str = "label_words"
+    tasks: list = field(default_factory=list)
+    max_length: int = 128
+
+    def __post_init__(self):
+        self.target_length = self.target_length or self.source_length
+        if self.activation not in ACTIVATIONS:
+            raise UserError(f"--activation '{self.activation}' is unknown: use {' or '.join(ACTIVATIONS)}")
+
+
+class PromptProjector(nn.Module):
+    """[L_s, d_s] (or [B, L_s, d_s]) source prompt -> [L_t, d_t] (or [B, L_t, d_t]) target prompt, fp32."""
+
+    def __init__(self, config: ProjectorConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.net = nn.Sequential(nn.Linear(c.source_length * c.source_dim, c.hidden), ACTIVATIONS[c.activation](),
+                                 nn.Linear(c.hidden, c.target_length * c.target_dim))
+        self.norm = nn.LayerNorm(c.target_dim)
+
+    def forward(self, prompt: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        if tuple(prompt.shape[-2:]) != (c.source_length, c.source_dim):
+            raise UserError(f"prompt has shape {tuple(prompt.shape[-2:])} but the projector maps "
+                            f"[{c.source_length}, {c.source_dim}] prompts of {c.source_model}: use a prompt of "
+                            f"that model and length, or train a projector for this one")
+        lead = prompt.shape[:-2]
+        out = self.net(prompt.reshape(*lead, -1).to(self.norm.weight.dtype))
+        return self.norm(out.reshape(*lead, c.target_length, c.target_dim))
+
+    def save_pretrained(self, output_dir: str | os.PathLike, extra: dict | None = None) -> Path:
+        """projector.safetensors + projector.json (config + `extra`)."""
+        return save_projector(output_dir, self.config, self.state_dict(), extra)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> tuple["PromptProjector", dict]:
+        """(projector, its projector.json) from a folder written by `save_pretrained`."""
+        folder = Path(path)
+        if not (folder / WEIGHTS_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
+            raise UserError(f"'{folder}' holds no {WEIGHTS_FILE} + {CONFIG_FILE}: pass the --output_dir of "
+                            f"`ds-prompt projector train`")
+        meta = json.loads((folder / CONFIG_FILE).read_text())
+        names = {f.name for f in dataclasses.fields(ProjectorConfig)}
+        projector = cls(ProjectorConfig(**{k: v for k, v in meta.items() if k in names}))
+        projector.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+        return projector.eval(), meta
+
+
+def save_projector(output_dir: str | os.PathLike, config: ProjectorConfig, state: dict[str, torch.Tensor],
+                   extra: dict | None = None) -> Path:
+    """Write a projector's weights `state` (PromptProjector.state_dict names) and its config + `extra`."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+    with atomic_path(out / WEIGHTS_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT})
+    write_json(out / CONFIG_FILE, {"format": FORMAT, **dataclasses.asdict(config), **(extra or {})})
+    return out
+
+
+class ProjectedPrompt(nn.Module):
+    """A prompt module (PromptedModel calls it as prompt(batch_size, dtype, **prompt_inputs)) whose prompt is
+    projector(source prompt `source`): [batch, L_t, d_t]. Source prompts [n, L_s, d_s] are a frozen buffer."""
+
+    def __init__(self, projector: PromptProjector, sources: torch.Tensor):
+        super().__init__()
+        self.projector = projector
+        self.register_buffer("sources", sources.float().clone())
+
+    def forward(self, batch_size: int, dtype: torch.dtype, source: int = 0) -> torch.Tensor:
+        return self.projector(self.sources[source]).to(dtype).unsqueeze(0).expand(batch_size, -1, -1)
+
+
+class ProjectorObjective(nn.Module):
+    """Frozen target model + projected prompt + one head per (source, task) pair.
+
+    forward(input_ids, attention_mask, score_index, source=k) -> [B, classes_k] logits of pair k. Only the
+    projector has trainable parameters.
+    """
+
+    def __init__(self, backbone, projector: PromptProjector, sources: torch.Tensor, tasks, head: str):
+        super().__init__()
+        from ds_prompt.builders import pooled_text_embeddings
+        from ds_prompt.models.heads import LabelWordHead, head_transform
+        from ds_prompt.models.prompted import PromptedModel, build_head
+        if head == "linear":
+            raise UserError("--head linear adds new weights per task; the projector is trained through the "
+                            "frozen target model: use --head label_words or similarity")
+        encode = pooled_text_embeddings(backbone)
+        self.heads = nn.ModuleList(build_head(head, backbone.model, backbone.tokenizer, backbone.family, t, encode)
+                                   for t in tasks)
+        self.prompted = PromptedModel(backbone.model, backbone.family, ProjectedPrompt(projector, sources),
+                                      nn.Identity())
+        label_words = isinstance(self.heads[0], LabelWordHead)
+        self.transform = head_transform(backbone.model, backbone.family) if label_words else None
+
+    @property
+    def projector(self) -> PromptProjector:
+        return self.prompted.prompt.projector
+
+    def forward(self, input_ids, attention_mask, score_index, source: int = 0) -> torch.Tensor:
+        h = self.prompted(input_ids, attention_mask, score_index, source=source)
+        if self.transform is not None:
+            h = self.transform(h)
+        return self.heads[source](h)
+
+
+class _PairView(nn.Module):
+    """Pair `source` of an objective as a plain model(input_ids, attention_mask, score_index), for `evaluate`."""
+
+    def __init__(self, objective: nn.Module, source: int):
+        super().__init__()
+        self.objective, self.source = objective, source
+
+    def forward(self, input_ids, attention_mask, score_index):
+        return self.objective(input_ids, attention_mask, score_index, source=self.source)
+
+
+# ---- training recipe -----------------------------------------------------------------------------------------
+@dataclass
+class ProjectorTrainConfig:
+    """`ds-prompt projector train` flags. prompts/tasks are comma lists: prompt i is projected for task i (one
+    prompt serves every task; no --tasks: each prompt's own task)."""
+    target_model: str = "minilm"
+    prompts: str = ""
+    tasks: str = ""
+    source_model: str | None = None       # checked against the prompts' recorded backbone
+    data_dir: str | None = None
+    output_dir: str | None = None         # default runs/projector-<source>-to-<target>
+    max_steps: int = 300
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 5e-3
+    eps: float = 1e-6
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    hidden: int = 768
+    activation: str = "leaky_relu"        # leaky_relu or tanh
+    target_length: int = 0                # 0 = the source prompt length
+    head: str = "auto"                    # label_words or similarity (auto: by the target family)
+    family: str | None = None
+    dtype: str = "auto"
+    max_length: int = 128
+    deepspeed: str | None = None
+    seed: int = 42
+    train_limit: int | None = None
+    eval_limit: int | None = 1000
+    eval_batch_size: int = 64
+    log_every: int = 10
+    progress: bool = True
+
+    def resolved_output_dir(self, source_model: str) -> str:
+        def slug(name):
+            return str(name).replace("/", "_").replace(":", "_")
+        return self.output_dir or str(Path("runs") / f"projector-{slug(source_model)}-to-{slug(self.target_model)}")
+
+
+@dataclass
+class _PairData:
+    task: object
+    train: list
+    eval: list
+    plan: object
+
+
+def _pairs(cfg: ProjectorTrainConfig):
+    """[(PromptRef, TaskSpec)] from --prompts / --tasks."""
+    from ds_prompt.data.tasks import get_task
+    from ds_prompt.transfer.library import as_list, load_prompt_set
+    refs, tasks = load_prompt_set(cfg.prompts), as_list(cfg.tasks)
+    if not tasks:
+        tasks = [p.task for p in refs]
+        if None in tasks:
+            raise UserError("a prompt records no task: pass --tasks T1,T2,... (one per prompt)")
+    if len(refs) == 1:
+        refs = refs * len(tasks)
+    if len(refs) != len(tasks):
+        raise UserError(f"{len(refs)} prompts for {len(tasks)} tasks: pass one prompt per task, or one prompt")
+    shapes = {tuple(p.tensor.shape) for p in refs}
+    if len(shapes) != 1:
+        raise UserError(f"source prompts have shapes {sorted(shapes)}: one projector maps one shape")
+    for p in refs:
+        if cfg.source_model and p.backbone and p.backbone != cfg.source_model:
+            raise UserError(f"prompt {p.path} was trained on {p.backbone}, not --source_model {cfg.source_model}")
+    return list(zip(refs, [get_task(t) for t in tasks]))
+
+
+def _load_pair_data(pairs, backbone, cfg: ProjectorTrainConfig, target_length: int) -> list[_PairData]:
+    from ds_prompt.data.encoding import BatchPlan, TemplateEncoder
+    from ds_prompt.data.loading import load_examples
+    out = []
+    for _, task in pairs:
+        encoder = TemplateEncoder(task, backbone.tokenizer, backbone.family, cfg.max_length, target_length)
+        train = [encoder.encode(e) for e in load_examples(task, "train", cfg.data_dir, cfg.train_limit, cfg.seed)]
+        eval_ = [encoder.encode(e) for e in load_examples(task, "eval", cfg.data_dir, cfg.eval_limit, cfg.seed)]
+        out.append(_PairData(task, train, eval_, BatchPlan([len(e.input_ids) for e in train], cfg.batch_size,
+                                                           cfg.seed)))
+    return out
+
+
+def _evaluate_pairs(engine, data: list[_PairData], cfg, backbone) -> list[dict]:
+    from ds_prompt.engine.evaluate import evaluate
+    from ds_prompt.models.family import Family
+    results = []
+    for k, d in enumerate(data):
+        view = _PairView(engine.module, k).eval()
+        r = evaluate(view, d.eval, cfg.eval_batch_size, backbone.tokenizer.pad_token_id,
+                     backbone.family is Family.CAUSAL, engine.device)
+        results.append({"task": d.task.name, **r})
+    return results
+
+
+def train_projector(cfg: ProjectorTrainConfig) -> dict:
+    """Train a projector per `cfg`; returns metrics (also in <output_dir>/projector.json)."""
+    from ds_prompt.builders import load_model_for
+    from ds_prompt.engine import setup as ds_setup
+    from ds_prompt.engine.logging import RunLogger
+    from ds_prompt.io import ensure_writable_dir
+    ds_setup.init_distributed()
+    pairs = _pairs(cfg)
+    source_model = cfg.source_model or pairs[0][0].backbone or "unknown"
+    out = cfg.resolved_output_dir(source_model)
+    dist.on_rank0(ensure_writable_dir, out)
+    dist.barrier()
+    torch.manual_seed(cfg.seed)
+
+    backbone = load_model_for(cfg.target_model, cfg.family, cfg.dtype)
+    sources = torch.stack([p.tensor for p, _ in pairs])
+    config = ProjectorConfig(source_length=sources.shape[1], source_dim=sources.shape[2],
+                             target_dim=backbone.d_model, target_length=cfg.target_length, hidden=cfg.hidden,
+                             activation=cfg.activation, source_model=source_model, target_model=cfg.target_model,
+                             target_family=backbone.family.value, tasks=[t.name for _, t in pairs],
+                             max_length=cfg.max_length)
+    objective = ProjectorObjective(backbone, PromptProjector(config), sources, [t for _, t in pairs], cfg.head)
+    config.target_head = "label_words" if objective.transform is not None else "similarity"
+    data = _load_pair_data(pairs, backbone, cfg, config.target_length)
+
+    ds_config = ds_setup.fill_ds_config(ds_setup.load_ds_config(cfg.deepspeed), cfg.batch_size, cfg.grad_accum,
+                                        cfg.grad_clip, dist.world_size())
+    optimizer = torch.optim.AdamW(objective.projector.parameters(), lr=cfg.lr, eps=cfg.eps,
+                                  weight_decay=cfg.weight_decay)
+    scheduler = ds_setup.build_scheduler("constant", optimizer, 0, cfg.max_steps)
+    engine, _, _ = ds_setup.initialize_engine(objective, ds_config, optimizer, scheduler)
+    engine.eval()  # no dropout anywhere: the backbone is frozen and the projector has none
+
+    log = RunLogger(os.path.join(out, "tb"), cfg.max_steps, 0, cfg.progress)
+    try:
+        before = _evaluate_pairs(engine, data, cfg, backbone)
+        _projector_loop(engine, data, cfg, backbone, log)
+        after = _evaluate_pairs(engine, data, cfg, backbone)
+    finally:
+        log.close()
+    from ds_prompt.engine.state import _full_param
+    prefix = "prompted.prompt.projector."
+    state = {n[len(prefix):]: _full_param(engine, p) for n, p in objective.named_parameters()
+             if n.startswith(prefix)}
+    metrics = {"steps": cfg.max_steps, "before": before, "after": after,
+               "accuracy": sum(r["accuracy"] for r in after) / len(after),
+               "source_prompts": [p.path for p, _ in pairs]}
+    dist.on_rank0(save_projector, out, config, state, {"metrics": metrics})
+    dist.barrier()
+    return dict(metrics, output_dir=out)
+
+
+def _projector_loop(engine, data: list[_PairData], cfg: ProjectorTrainConfig, backbone, log) -> None:
+    """Step s trains pair s % n on that pair's next global batch."""
+    from ds_prompt.data.encoding import collate
+    from ds_prompt.models.family import Family
+    world, me, pad_id = dist.world_size(), dist.rank(), backbone.tokenizer.pad_token_id
+    window, epochs = torch.zeros(()), {}
+    for step in range(cfg.max_steps):
+        k = step % len(data)
+        pair = data[k]
+        epoch, index = divmod(step // len(data), pair.plan.batches_per_epoch)
+        if epochs.get(k, (None,))[0] != epoch:
+            epochs[k] = (epoch, pair.plan.epoch(epoch))
+        for micro in pair.plan.micro_batches(epochs[k][1][index], world, me, cfg.grad_accum):
+            batch = {n: v.to(engine.device) for n, v in
+                     collate([pair.train[i] for i in micro], pad_id, backbone.family is Family.CAUSAL).items()}
+            logits = engine(batch["input_ids"], batch["attention_mask"], batch["score_index"], source=k)
+            loss = F.cross_entropy(logits.float(), batch["labels"])
+            engine.backward(loss)
+            engine.step()
+            window += loss.detach().cpu() / cfg.grad_accum
+        log.advance(1)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
+            n = cfg.log_every if (step + 1) % cfg.log_every == 0 else (step + 1) % cfg.log_every
+            loss = dist.all_reduce_sum(window.double().reshape(1)).item() / world / n
+            if not torch.isfinite(torch.tensor(loss)):
+                raise UserError(f"projector loss became {loss} by step {step + 1}: lower --lr")
+            log.scalars(step + 1, {"loss": loss})
+            log.advance(0, loss=loss)
+            window = torch.zeros(())
+
+
+# ---- applying a projector ------------------------------------------------------------------------------------
+def apply_projector(projector: str, prompt: str, output_dir: str, task: str | None = None) -> Path:
+    """Map the artifact `prompt` to the projector's target model; write a prompt artifact to `output_dir`."""
+    from ds_prompt.artifacts import load_prompt, save_prompt
+    from ds_prompt.data.tasks import get_task
+    model, info = PromptProjector.from_pretrained(projector)
+    tensor, meta, _ = load_prompt(prompt)
+    with torch.no_grad():
+        mapped = model(tensor)
+    task_name = task or meta.get("task") or (info.get("tasks") or [None])[0]
+    spec = get_task(task_name) if task_name else None
+    target = {"backbone": info["target_model"], "family": info["target_family"], "task": task_name,
+              "head": HEAD_CLASSES[info.get("target_head", "label_words")], "max_length": info.get("max_length"),
+              "init": f"projector:{projector}", "projected_from": str(prompt),
+              "source_backbone": meta.get("backbone"), "steps": 0}
+    if spec is not None:
+        target.update(label_words=[list(w) for w in spec.label_words], labels=list(spec.labels))
+    return save_prompt(output_dir, mapped, target)

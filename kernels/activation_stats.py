@@ -21,10 +21,11 @@ right after loading. The mask, bool or bit-packed, comes out of the same pass.
 Dispatch: the Triton kernel runs when x is on CUDA, or when DS_PROMPT_FORCE_TRITON=1 (with
 TRITON_INTERPRET=1 set before this module is imported, for CPU tensors); otherwise the torch reference.
 """
-import os
 from dataclasses import dataclass
 
 import torch
+
+from kernels._dispatch import FORCE_TRITON_ENV, use_triton  # noqa: F401  (FORCE_TRITON_ENV re-exported)
 
 try:
     import triton
@@ -32,7 +33,6 @@ try:
 except ImportError:  # the torch reference works without triton
     triton = None
 
-FORCE_TRITON_ENV = "DS_PROMPT_FORCE_TRITON"
 
 # Kernels defined while TRITON_INTERPRET=1 run in the CPU interpreter.
 _INTERPRETED = triton is not None and bool(triton.knobs.runtime.interpret)
@@ -191,17 +191,7 @@ def activation_mask_reference(x: torch.Tensor, token_mask: torch.Tensor | None =
 
 
 def _use_triton(t: torch.Tensor) -> bool:
-    forced = os.environ.get(FORCE_TRITON_ENV) == "1"
-    if not (t.is_cuda or forced):
-        return False
-    if triton is None:
-        if forced:
-            raise RuntimeError(f"{FORCE_TRITON_ENV}=1 but triton is not importable: pip install triton")
-        return False
-    if not t.is_cuda and not _INTERPRETED:
-        raise RuntimeError(f"{FORCE_TRITON_ENV}=1 with {t.device} tensors needs TRITON_INTERPRET=1 set "
-                           f"before {__name__} is imported")
-    return True
+    return use_triton(t, triton, _INTERPRETED, __name__)
 
 
 def activation_stats(x: torch.Tensor, token_mask: torch.Tensor | None = None, return_mask: bool = False):

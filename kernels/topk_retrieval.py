@@ -21,10 +21,11 @@ buffer [B, chunks, K]; `torch.topk` over the candidates gives the answer.
 Dispatch: the Triton kernel runs when the inputs are on CUDA, or when DS_PROMPT_FORCE_TRITON=1 (with
 TRITON_INTERPRET=1 set before this module is imported, for CPU tensors); otherwise the torch reference.
 """
-import os
 from dataclasses import dataclass
 
 import torch
+
+from kernels._dispatch import FORCE_TRITON_ENV, use_triton  # noqa: F401  (FORCE_TRITON_ENV re-exported)
 
 try:
     import triton
@@ -32,7 +33,6 @@ try:
 except ImportError:  # the torch reference works without triton
     triton = None
 
-FORCE_TRITON_ENV = "DS_PROMPT_FORCE_TRITON"
 MAX_K = 64
 _INT64_MIN = -(2**63)
 _LOW32 = 2**32 - 1
@@ -200,17 +200,7 @@ def topk_retrieval_reference(queries: torch.Tensor, keys: torch.Tensor,
 
 
 def _use_triton(t: torch.Tensor) -> bool:
-    forced = os.environ.get(FORCE_TRITON_ENV) == "1"
-    if not (t.is_cuda or forced):
-        return False
-    if triton is None:
-        if forced:
-            raise RuntimeError(f"{FORCE_TRITON_ENV}=1 but triton is not importable: pip install triton")
-        return False
-    if not t.is_cuda and not _INTERPRETED:
-        raise RuntimeError(f"{FORCE_TRITON_ENV}=1 with {t.device} tensors needs TRITON_INTERPRET=1 set "
-                           f"before {__name__} is imported")
-    return True
+    return use_triton(t, triton, _INTERPRETED, __name__)
 
 
 def topk_retrieval(queries: torch.Tensor, keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,5 @@
 """`ds-prompt` end to end (in-process), and every bad input: one error line, exit != 0, no artifact."""
 import json
-import os
 
 import pytest
 import torch

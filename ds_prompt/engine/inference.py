@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
 
 from ds_prompt import dist
 from ds_prompt.artifacts import check_prompt_fits, load_prompt

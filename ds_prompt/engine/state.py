@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from ds_prompt.dist import is_rank0
 from ds_prompt.errors import UserError
+from ds_prompt.faults import fault_point
 from ds_prompt.io import atomic_path
 
 CKPT_DIR, LATEST = "checkpoints", "latest"
@@ -120,10 +121,13 @@ def save_checkpoint(output_dir: str, tensors: dict, meta: dict, keep: int) -> Pa
         return None
     root = Path(output_dir) / CKPT_DIR
     name = f"step_{meta['step']:07d}"
+    for stale in root.glob(".*.tmp-*"):  # left by a process killed mid-write
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     with atomic_path(root / name) as tmp:
         tmp.mkdir(parents=True)
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
         (tmp / "state.json").write_text(json.dumps(meta, indent=1, default=str))
+        fault_point("before_rename", meta["step"])
     with atomic_path(root / LATEST) as tmp:
         tmp.write_text(name + "\n")
     for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:

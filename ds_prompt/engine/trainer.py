@@ -27,6 +27,7 @@ from ds_prompt.engine import state as ckpt
 from ds_prompt.engine.evaluate import evaluate
 from ds_prompt.engine.logging import RunLogger
 from ds_prompt.errors import UserError
+from ds_prompt.faults import fault_point
 from ds_prompt.io import ensure_writable_dir, write_json
 from ds_prompt.models.family import Family
 
@@ -163,6 +164,7 @@ def _train_loop(ctx: _LoopContext, run: RunState, log: RunLogger) -> None:
             logits = engine(batch["input_ids"], batch["attention_mask"], batch["score_index"])
             loss = F.cross_entropy(logits.float(), batch["labels"])
             engine.backward(loss)
+            fault_point("mid_step", run.step + 1)
             engine.step()
             loss_sum += loss.detach() / cfg.grad_accum  # stays on device: no sync until the log step
         run.step += 1
@@ -176,14 +178,7 @@ def _train_loop(ctx: _LoopContext, run: RunState, log: RunLogger) -> None:
             log.message(f"step {run.step}: eval accuracy {result['accuracy']:.4f}")
         if cfg.save_every and run.step % cfg.save_every == 0 and run.step < cfg.max_steps:
             _save_checkpoint(ctx, run)
-            _fault_point("after_checkpoint", run.step)
-
-
-def _fault_point(where: str, step: int) -> None:
-    """Fault injection for crash tests: DS_PROMPT_FAULT=<where>:<step> hard-exits every rank there."""
-    spec = os.environ.get("DS_PROMPT_FAULT", "")
-    if spec == f"{where}:{step}":
-        os._exit(17)
+            fault_point("after_checkpoint", run.step)
 
 
 def _log_train(ctx, run, log, loss_sum, tokens, t0):

@@ -15,8 +15,8 @@ from ds_prompt.engine.evaluate import evaluate
 from ds_prompt.errors import UserError
 from ds_prompt.io import ensure_writable_dir, write_json
 from ds_prompt.models.family import Family
+from ds_prompt.models.heads import HEAD_KINDS
 
-_HEADS = {"LabelWordHead": "label_words", "SimilarityHead": "similarity", "LinearHead": "linear"}
 
 
 def prompted_from_artifact(prompt_path: str, task_name: str | None = None, model: str | None = None,
@@ -29,7 +29,7 @@ def prompted_from_artifact(prompt_path: str, task_name: str | None = None, model
     task = get_task(task_name or meta.get("task") or "")
     backbone = load_model_for(model_name, family or meta.get("family"), dtype)
     check_prompt_fits(tensor, backbone.d_model, prompt_path)
-    head = _HEADS.get(meta.get("head", ""), "auto")
+    head = HEAD_KINDS.get(meta.get("head", ""), "auto")
     if head == "linear" and task_name and task_name != meta.get("task"):
         raise UserError(f"prompt {prompt_path} has a linear head trained for {meta.get('task')}: it cannot "
                         f"score task {task_name}")

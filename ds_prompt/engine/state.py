@@ -63,10 +63,14 @@ def materialize_optimizer_state(engine) -> None:
         engine.optimizer._lazy_init_hp_params_optimizer_state()
 
 
-def _full_param(engine, p) -> torch.Tensor:
+def full_param(engine, p) -> torch.Tensor:
+    """The full fp32 value of trainable `p` (gathered from ZeRO partitions; collective under ZeRO-3)."""
     from deepspeed.utils import safe_get_full_fp32_param
     full = None if isinstance(engine.optimizer, torch.optim.Optimizer) else safe_get_full_fp32_param(p)
     return (p.detach() if full is None else full).float().cpu().clone()
+
+
+_full_param = full_param  # old private name, still used by ds_prompt.spt until it is switched
 
 
 def _full_opt_state(engine, p) -> dict[str, torch.Tensor]:
@@ -92,7 +96,7 @@ def gather_state(engine, scheduler, step: int, extra: dict) -> tuple[dict, dict]
     for name, p in engine.module.named_parameters():
         if not p.requires_grad:
             continue
-        tensors[f"param/{name}"] = _full_param(engine, p)
+        tensors[f"param/{name}"] = full_param(engine, p)
         for key, value in _full_opt_state(engine, p).items():
             if key != "step":
                 tensors[f"opt/{name}/{key}"] = value

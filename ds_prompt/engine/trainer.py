@@ -194,7 +194,7 @@ def _log_train(ctx, run, log, loss_sum, tokens, t0):
     prompt = ctx.built.model.prompt.weight
     grad_norm = engine.get_global_grad_norm()
     values = {"loss": loss, "lr": ctx.scheduler.get_last_lr()[0], "tokens_per_s": stats[1].item() / elapsed,
-              "s_per_step": elapsed / window, "prompt_norm": ckpt._full_param(engine, prompt).norm().item(),
+              "s_per_step": elapsed / window, "prompt_norm": ckpt.full_param(engine, prompt).norm().item(),
               "grad_norm": float(grad_norm) if grad_norm is not None else None}
     run.tokens += stats[1].item()
     log.scalars(run.step, values)
@@ -216,7 +216,7 @@ def _save_checkpoint(ctx: _LoopContext, run: RunState) -> None:
 def _finish(ctx: _LoopContext, run: RunState, final: dict, task) -> dict:
     """Write prompt.safetensors + prompt.json and metrics.json (rank 0)."""
     cfg, model = ctx.cfg, ctx.built.model
-    tensors = {n: ckpt._full_param(ctx.engine, p) for n, p in model.named_parameters() if p.requires_grad}
+    tensors = {n: ckpt.full_param(ctx.engine, p) for n, p in model.named_parameters() if p.requires_grad}
     prompt = tensors.pop("prompt.weight")
     if not torch.isfinite(prompt).all():
         raise UserError("the trained prompt is non-finite: lower --lr; no artifact was written")

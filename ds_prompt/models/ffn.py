@@ -26,7 +26,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ds_prompt.dist import gathered
+from ds_prompt.dist import gathered, is_zero3_param
 from ds_prompt.errors import UserError
 
 # (stack path under base_model, role); a model has the first group whose paths all exist.
@@ -181,6 +181,35 @@ def record_ffn_activations(model: nn.Module, refs: list[FFNRef] | None = None,
     handles = [ref.output_projection().register_forward_pre_hook(hook_for(ref.name)) for ref in refs]
     try:
         yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def gathered_layerwise(model: nn.Module) -> Iterator[None]:
+    """Forwards through a ZeRO-3 partitioned `model` OUTSIDE a DeepSpeed engine (e.g. neuron scoring before
+    deepspeed.initialize): weights outside the layer stacks are gathered for the whole block, each layer's
+    own weights only while that layer runs, so at most one layer is whole at a time. A no-op for an
+    unpartitioned model. Collective: every rank must run the same forwards inside the block."""
+    if not any(is_zero3_param(p) for p in model.parameters()):
+        yield
+        return
+    layers = [layer for stack in layer_stacks(model) for layer in stack.layers]
+    in_layers = {id(p) for layer in layers for p in layer.parameters()}
+    open_gathers: dict[int, contextlib.ExitStack] = {}
+
+    def gather(module, _args):
+        open_gathers[id(module)] = stack = contextlib.ExitStack()
+        stack.enter_context(gathered(list(module.parameters())))
+
+    def release(module, _args, _output):
+        open_gathers.pop(id(module)).close()
+    handles = [h for layer in layers for h in (layer.register_forward_pre_hook(gather),
+                                               layer.register_forward_hook(release))]
+    try:
+        with gathered([p for p in model.parameters() if id(p) not in in_layers]):
+            yield
     finally:
         for h in handles:
             h.remove()

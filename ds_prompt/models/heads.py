@@ -133,3 +133,7 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """[B, T, d], [B, T] -> [B, d] mean over attended positions."""
     m = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+# prompt.json records the head class; this maps it back to the --head choice that rebuilds it.
+HEAD_KINDS = {"LabelWordHead": "label_words", "SimilarityHead": "similarity", "LinearHead": "linear"}

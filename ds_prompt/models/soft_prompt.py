@@ -54,6 +54,9 @@ def init_prompt_tensor(init: str, length: int, embedding: nn.Embedding, tokenize
     """An initial prompt [length, d] from an init spec (see INIT_CHOICES). Same seed -> same tensor."""
     d = embedding.embedding_dim
     gen = torch.Generator().manual_seed(seed)
+    if str(init).startswith("library:"):
+        from ds_prompt.transfer.library import resolve_library_init
+        init = "file:" + resolve_library_init(init)
     kind, _, arg = str(init).partition(":")
     if kind == "normal":
         std = float(arg) if arg else 0.02

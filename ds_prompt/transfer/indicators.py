@@ -19,8 +19,21 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from ds_prompt import dist
+from ds_prompt.artifacts import check_prompt_fits
+from ds_prompt.builders import load_model_for
+from ds_prompt.data.encoding import TemplateEncoder, collate
+from ds_prompt.data.loading import load_examples
+from ds_prompt.data.tasks import get_task
+from ds_prompt.engine import setup as ds_setup
 from ds_prompt.errors import UserError
+from ds_prompt.models.family import Family
+from ds_prompt.models.prompted import PromptedModel
+from ds_prompt.transfer.activations import FixedPrompt, record_ffn_activations
+from ds_prompt.transfer.library import as_list, common_backbone, load_prompt_set, recorded_family
+from ds_prompt.transfer.matrix import read_csv, write_csv
 from kernels.activation_stats import activation_mask, activation_stats
 
 
@@ -67,7 +80,6 @@ METRICS = (*EMBEDDING_INDICATORS, "on")
 
 def parse_metrics(metric) -> list[str]:
     """'all', one name, or a comma list -> metric names in METRICS order."""
-    from ds_prompt.transfer.library import as_list
     names = list(METRICS) if as_list(metric) == ["all"] else as_list(metric)
     unknown = [m for m in names if m not in METRICS]
     if unknown or not names:
@@ -150,13 +162,10 @@ def probe_batch(backbone, probe: NeuronProbe, prompt_length: int) -> dict[str, t
     """input_ids / attention_mask / score_index for `probe` (identical for every prompt up to `prompt_length`)."""
     if probe.samples <= 0:
         ids = torch.tensor([[bos_id(backbone.tokenizer)]])
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "score_index": torch.zeros(1, dtype=torch.long)}
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                "score_index": torch.zeros(1, dtype=torch.long)}
     if not probe.task:
         raise UserError(f"--samples {probe.samples} feeds task text: pass --task T (and --data_dir)")
-    from ds_prompt.data.encoding import TemplateEncoder, collate
-    from ds_prompt.data.loading import load_examples
-    from ds_prompt.data.tasks import get_task
-    from ds_prompt.models.family import Family
     task = get_task(probe.task)
     examples = load_examples(task, "eval", probe.data_dir, limit=probe.samples, seed=0)
     encoder = TemplateEncoder(task, backbone.tokenizer, backbone.family, probe.max_length, prompt_length)
@@ -174,16 +183,10 @@ class NeuronRecorder:
     """
 
     def __init__(self, backbone, probe: NeuronProbe, prompt_length: int, deepspeed: str | None = None):
-        from torch import nn
-
-        from ds_prompt.engine import setup as ds_setup
-        from ds_prompt.models.prompted import PromptedModel
-        from ds_prompt.transfer.activations import FixedPrompt
         self.probe, self.device = probe, ds_setup.device()
         self.prompt = FixedPrompt(torch.zeros(1, backbone.d_model))
         model = PromptedModel(backbone.model, backbone.family, self.prompt, nn.Identity())
         if deepspeed:
-            from ds_prompt import dist
             config = ds_setup.fill_ds_config(ds_setup.load_ds_config(deepspeed), dist.world_size(), 1, 0.0,
                                              dist.world_size())
             model, _, _ = ds_setup.initialize_engine(model, config, None, None)
@@ -192,8 +195,6 @@ class NeuronRecorder:
         self.d_model = backbone.d_model
 
     def masks(self, prompt: torch.Tensor) -> dict[str, torch.Tensor]:
-        from ds_prompt.artifacts import check_prompt_fits
-        from ds_prompt.transfer.activations import record_ffn_activations
         check_prompt_fits(prompt, self.d_model, "for activated neurons")
         self.prompt.set(prompt.to(self.device))
         acts = record_ffn_activations(self.model, self.batch["input_ids"], self.batch["attention_mask"],
@@ -257,18 +258,13 @@ def compute_indicators(prompts, metric="all", output_dir: str = "runs/indicators
                        deepspeed: str | None = None, dtype: str = "auto", include_self: bool = False) -> dict:
     """Indicators between every ordered pair of `prompts`; writes indicators.csv (source,target,metric,value),
     on_windows.csv when ON is asked for, and correlation.csv with --against matrix.csv. Returns the tables."""
-    from ds_prompt import dist
-    from ds_prompt.builders import load_model_for
-    from ds_prompt.engine import setup as ds_setup
-    from ds_prompt.transfer.library import common_backbone, load_prompt_set
-    from ds_prompt.transfer.matrix import read_csv, write_csv
     metrics = parse_metrics(metric)
     refs = load_prompt_set(prompts)
     matrix = read_csv(against, ("source", "target", "accuracy")) if against else None
     recorder = None
     if "on" in metrics:
         ds_setup.init_distributed()
-        backbone = load_model_for(common_backbone(refs, model), dtype=dtype)
+        backbone = load_model_for(common_backbone(refs, model), recorded_family(refs, model), dtype)
         recorder = NeuronRecorder(backbone, probe or NeuronProbe(), max(p.tensor.shape[0] for p in refs), deepspeed)
     rows, windows = indicator_rows(refs, metrics, recorder, window)
     result = {"indicators": rows, "on_windows": windows}

@@ -14,20 +14,27 @@ Library layout (`--library DIR`, default $DS_PROMPT_LIBRARY or ./prompt_library)
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ds_prompt.artifacts import META_FILE, PROMPT_FILE, load_prompt
+from ds_prompt import dist
+from ds_prompt.artifacts import META_FILE, PROMPT_FILE, load_prompt, save_prompt
+from ds_prompt.builders import load_model_for
+from ds_prompt.config import TrainConfig, build_config
+from ds_prompt.engine import setup as ds_setup
+from ds_prompt.engine.trainer import train
 from ds_prompt.errors import UserError
 from ds_prompt.io import atomic_path, write_json
+from ds_prompt.models.heads import HEAD_KINDS
 
 LIBRARY_ENV, DEFAULT_LIBRARY = "DS_PROMPT_LIBRARY", "prompt_library"
 INDEX_FILE, LATEST_RECOMMENDATION = "library.json", "recommendation.json"
-HEAD_KINDS = {"LabelWordHead": "label_words", "SimilarityHead": "similarity", "LinearHead": "linear"}
 
 
 # ---- prompt sets ---------------------------------------------------------------------------------------------
@@ -105,6 +112,11 @@ def common_backbone(prompts: list[PromptRef], model: str | None = None) -> str:
     return names[0]
 
 
+def recorded_family(prompts: list[PromptRef], model: str | None = None) -> str | None:
+    """The family recorded with the prompts (None: auto-detect, also whenever --model overrides the backbone)."""
+    return None if model else prompts[0].meta.get("family")
+
+
 def head_kind(meta: dict) -> str:
     """The head kind (label_words, similarity, linear; else auto) recorded in a prompt's metadata."""
     return HEAD_KINDS.get(meta.get("head", ""), "auto")
@@ -116,7 +128,6 @@ def library_dir(library: str | None = None) -> Path:
 
 
 def read_index(library: str | None = None) -> dict:
-    import json
     path = library_dir(library) / INDEX_FILE
     if not path.is_file():
         return {"entries": {}}
@@ -144,7 +155,6 @@ def add_to_library(prompt: str, library: str | None = None, name: str | None = N
             if (src / file).is_file():
                 shutil.copy2(src / file, tmp / file)
         if not (tmp / PROMPT_FILE).is_file():  # a PEFT adapter: store it in our format
-            from ds_prompt.artifacts import save_prompt
             save_prompt(tmp, tensor, meta)
     entry = {"task": meta.get("task"), "backbone": meta.get("backbone"), "family": meta.get("family"),
              "d_model": int(tensor.shape[1]), "prompt_length": int(tensor.shape[0]),
@@ -179,7 +189,6 @@ def save_recommendation(library: str | None, task: str, model: str, ranking: lis
 
 
 def _load_recommendation(root: Path, task: str | None, model: str | None) -> dict:
-    import json
     path = _recommendation_path(root, task, model) if task and model else root / LATEST_RECOMMENDATION
     if not path.is_file():
         raise UserError(f"library {root} has no recommendation{f' for {task} on {model}' if task else ''}: run "
@@ -212,6 +221,7 @@ def resolve_library_init(spec: str, task: str | None = None, model: str | None =
 # ---- recommending library prompts for a task -----------------------------------------------------------------
 def _pair_indicators(probe: PromptRef, entry: PromptRef, probe_masks, entry_masks) -> dict:
     """Every indicator of (entry, probe) that applies: flattened ones only for equal shapes."""
+    # imported here: indicators imports this module
     from ds_prompt.transfer.indicators import EMBEDDING_INDICATORS, activated_neuron_overlap
     values = {}
     for metric, fn in EMBEDDING_INDICATORS.items():
@@ -223,10 +233,7 @@ def _pair_indicators(probe: PromptRef, entry: PromptRef, probe_masks, entry_mask
 
 def train_probe(task: str, model: str, output_dir: str, prompt_length: int, **train_flags) -> PromptRef:
     """A short prompt-tuning run on `task` (reused when `output_dir` already holds its artifact)."""
-    from ds_prompt.artifacts import PROMPT_FILE as FILE
-    if not (Path(output_dir) / FILE).is_file():
-        from ds_prompt.config import TrainConfig, build_config
-        from ds_prompt.engine.trainer import train
+    if not (Path(output_dir) / PROMPT_FILE).is_file():
         flags = dict(dict(max_steps=50, eval_every=0, save_every=0, progress=False), **train_flags)
         train(build_config(TrainConfig, None, model=model, task=task, output_dir=output_dir,
                            prompt_length=prompt_length, resume=False, **flags))
@@ -239,13 +246,10 @@ def recommend(task: str, model: str, library: str | None = None, metric: str = "
     """Rank the library's prompts for `model` by `metric` against a short probe prompt trained on `task`.
 
     Returns rows {rank, name, task, <every applicable indicator>} best first and stores them as the library's
-    recommendation (for `--init library:best`). `train_flags` go to the probe run (data_dir, max_steps, lr...).
+    recommendation (for `--init library:best`). `train_flags` go to the probe run (data_dir, max_steps, lr...);
+    `deepspeed` to the probe run and to the activation recorder.
     """
-    from collections import Counter
-
-    from ds_prompt.builders import load_model_for
-    from ds_prompt.engine import setup as ds_setup
-    from ds_prompt.transfer.indicators import METRICS, NeuronProbe, NeuronRecorder
+    from ds_prompt.transfer.indicators import METRICS, NeuronProbe, NeuronRecorder  # (see _pair_indicators)
     if metric not in METRICS:
         raise UserError(f"--metric '{metric}' is unknown: use one of {', '.join(METRICS)}")
     entries = library_entries(library, model=model)
@@ -255,7 +259,7 @@ def recommend(task: str, model: str, library: str | None = None, metric: str = "
     length = Counter(e["prompt_length"] for e in entries).most_common(1)[0][0]
     root = library_dir(library)
     probe_dir = probe_dir or str(root / "probes" / _pair_slug(task, model))
-    probe_ref = train_probe(task, model, probe_dir, length, **train_flags)
+    probe_ref = train_probe(task, model, probe_dir, length, deepspeed=deepspeed, **train_flags)
     ds_setup.init_distributed()
     recorder = NeuronRecorder(load_model_for(model, dtype=dtype), probe or NeuronProbe(), length, deepspeed)
     probe_masks = recorder.masks(probe_ref.tensor)
@@ -267,6 +271,5 @@ def recommend(task: str, model: str, library: str | None = None, metric: str = "
                      **_pair_indicators(probe_ref, ref, probe_masks, recorder.masks(tensor))})
     rows.sort(key=lambda r: r.get(metric, float("-inf")), reverse=True)
     ranking = [{"rank": i + 1, **r} for i, r in enumerate(rows)]
-    from ds_prompt import dist
     dist.on_rank0(save_recommendation, library, task, model, ranking, metric)
     return ranking

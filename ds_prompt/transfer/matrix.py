@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ds_prompt import dist
+from ds_prompt.artifacts import check_prompt_fits
 from ds_prompt.builders import build_prompted, load_model_for
 from ds_prompt.data.loading import load_examples
 from ds_prompt.data.tasks import get_task
@@ -21,19 +22,27 @@ from ds_prompt.engine.evaluate import evaluate
 from ds_prompt.errors import UserError
 from ds_prompt.io import atomic_path
 from ds_prompt.models.family import Family
-from ds_prompt.transfer.library import PromptRef, as_list, common_backbone, head_kind, load_prompt_set
+from ds_prompt.transfer.library import (PromptRef, as_list, common_backbone, head_kind, load_prompt_set,
+                                       recorded_family)
+from ds_prompt.transfer.plots import transfer_heatmap
 
 MATRIX_COLUMNS = ("source", "target", "accuracy")
 RANDOM_SOURCE = "random"
 
 
-def accuracy_on_task(backbone, prompt: PromptRef, task, examples, max_length: int, batch_size: int = 64) -> float:
-    """Accuracy of `prompt` on `examples` of `task` (the target task's head; a linear head only on its own task)."""
-    head = head_kind(prompt.meta)
-    if head == "linear" and task.name != prompt.task:
+def check_transferable(prompt: PromptRef, task_names: list[str]) -> None:
+    """A prompt with a trained linear head scores only its own task."""
+    others = [t for t in task_names if t != prompt.task]
+    if head_kind(prompt.meta) == "linear" and others:
         raise UserError(f"prompt {prompt.path} has a linear head trained for {prompt.task}: it cannot score "
-                        f"{task.name}; train it with --head similarity or label_words to transfer it")
-    built = build_prompted(backbone, task, prompt.tensor.shape[0], max_length, head, prompt.tensor)
+                        f"{others[0]}; train it with --head similarity or label_words to transfer it")
+
+
+def accuracy_on_task(backbone, prompt: PromptRef, task, examples, max_length: int, batch_size: int = 64) -> float:
+    """Accuracy of `prompt` on `examples` of `task`, with the target task's head (a linear head: its own)."""
+    check_transferable(prompt, [task.name])
+    built = build_prompted(backbone, task, prompt.tensor.shape[0], max_length, head_kind(prompt.meta),
+                           prompt.tensor)
     params = dict(built.model.named_parameters())
     for name, value in prompt.extra.items():
         if name.startswith("head."):
@@ -62,10 +71,10 @@ def transfer_matrix(prompts, tasks, data_dir: str | None = None, model: str | No
     if not task_names:
         raise UserError("--tasks is empty and the prompts record no task: pass --tasks T1,T2,...")
     ds_setup.init_distributed()
-    backbone = load_model_for(common_backbone(refs, model), refs[0].meta.get("family"), dtype)
-    from ds_prompt.artifacts import check_prompt_fits
+    backbone = load_model_for(common_backbone(refs, model), recorded_family(refs, model), dtype)
     for p in refs:
         check_prompt_fits(p.tensor, backbone.d_model, p.path)
+        check_transferable(p, [get_task(t).name for t in task_names])
     sources = refs + ([random_prompt(refs[0], seed)] if random_baseline else [])
     rows = []
     for name in task_names:
@@ -104,7 +113,6 @@ def read_csv(path: str | os.PathLike, columns) -> list[dict]:
 
 def run_transfer_matrix(prompts, tasks, output_dir: str, **kwargs) -> list[dict]:
     """`transfer_matrix`, then (rank 0) output_dir/matrix.csv and the annotated heatmap output_dir/matrix.png."""
-    from ds_prompt.transfer.plots import transfer_heatmap
     rows = transfer_matrix(prompts, tasks, **kwargs)
     dist.on_rank0(write_csv, Path(output_dir) / "matrix.csv", rows, MATRIX_COLUMNS)
     dist.on_rank0(transfer_heatmap, rows, Path(output_dir) / "matrix.png")

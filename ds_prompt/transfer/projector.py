@@ -23,8 +23,21 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ds_prompt import dist
+from ds_prompt.artifacts import load_prompt, save_prompt
+from ds_prompt.builders import load_model_for, pooled_text_embeddings
+from ds_prompt.data.encoding import BatchPlan, TemplateEncoder, collate
+from ds_prompt.data.loading import load_examples
+from ds_prompt.data.tasks import get_task
+from ds_prompt.engine import setup as ds_setup
+from ds_prompt.engine.evaluate import evaluate
+from ds_prompt.engine.logging import RunLogger
+from ds_prompt.engine.state import full_param
 from ds_prompt.errors import UserError
-from ds_prompt.io import atomic_path, write_json
+from ds_prompt.io import atomic_path, ensure_writable_dir, write_json
+from ds_prompt.models.family import Family
+from ds_prompt.models.heads import LabelWordHead, head_transform
+from ds_prompt.models.prompted import PromptedModel, build_head
+from ds_prompt.transfer.library import as_list, load_prompt_set
 
 FORMAT = "ds_prompt.projector/1"
 WEIGHTS_FILE, CONFIG_FILE = "projector.safetensors", "projector.json"
@@ -127,9 +140,6 @@ class ProjectorObjective(nn.Module):
 
     def __init__(self, backbone, projector: PromptProjector, sources: torch.Tensor, tasks, head: str):
         super().__init__()
-        from ds_prompt.builders import pooled_text_embeddings
-        from ds_prompt.models.heads import LabelWordHead, head_transform
-        from ds_prompt.models.prompted import PromptedModel, build_head
         if head == "linear":
             raise UserError("--head linear adds new weights per task; the projector is trained through the "
                             "frozen target model: use --head label_words or similarity")
@@ -212,8 +222,6 @@ class _PairData:
 
 def _pairs(cfg: ProjectorTrainConfig):
     """[(PromptRef, TaskSpec)] from --prompts / --tasks."""
-    from ds_prompt.data.tasks import get_task
-    from ds_prompt.transfer.library import as_list, load_prompt_set
     refs, tasks = load_prompt_set(cfg.prompts), as_list(cfg.tasks)
     if not tasks:
         tasks = [p.task for p in refs]
@@ -233,8 +241,6 @@ def _pairs(cfg: ProjectorTrainConfig):
 
 
 def _load_pair_data(pairs, backbone, cfg: ProjectorTrainConfig, target_length: int) -> list[_PairData]:
-    from ds_prompt.data.encoding import BatchPlan, TemplateEncoder
-    from ds_prompt.data.loading import load_examples
     out = []
     for _, task in pairs:
         encoder = TemplateEncoder(task, backbone.tokenizer, backbone.family, cfg.max_length, target_length)
@@ -246,8 +252,6 @@ def _load_pair_data(pairs, backbone, cfg: ProjectorTrainConfig, target_length: i
 
 
 def _evaluate_pairs(engine, data: list[_PairData], cfg, backbone) -> list[dict]:
-    from ds_prompt.engine.evaluate import evaluate
-    from ds_prompt.models.family import Family
     results = []
     for k, d in enumerate(data):
         view = _PairView(engine.module, k).eval()
@@ -259,10 +263,6 @@ def _evaluate_pairs(engine, data: list[_PairData], cfg, backbone) -> list[dict]:
 
 def train_projector(cfg: ProjectorTrainConfig) -> dict:
     """Train a projector per `cfg`; returns metrics (also in <output_dir>/projector.json)."""
-    from ds_prompt.builders import load_model_for
-    from ds_prompt.engine import setup as ds_setup
-    from ds_prompt.engine.logging import RunLogger
-    from ds_prompt.io import ensure_writable_dir
     ds_setup.init_distributed()
     pairs = _pairs(cfg)
     source_model = cfg.source_model or pairs[0][0].backbone or "unknown"
@@ -297,9 +297,8 @@ def train_projector(cfg: ProjectorTrainConfig) -> dict:
         after = _evaluate_pairs(engine, data, cfg, backbone)
     finally:
         log.close()
-    from ds_prompt.engine.state import _full_param
     prefix = "prompted.prompt.projector."
-    state = {n[len(prefix):]: _full_param(engine, p) for n, p in objective.named_parameters()
+    state = {n[len(prefix):]: full_param(engine, p) for n, p in objective.named_parameters()
              if n.startswith(prefix)}
     metrics = {"steps": cfg.max_steps, "before": before, "after": after,
                "accuracy": sum(r["accuracy"] for r in after) / len(after),
@@ -311,8 +310,6 @@ def train_projector(cfg: ProjectorTrainConfig) -> dict:
 
 def _projector_loop(engine, data: list[_PairData], cfg: ProjectorTrainConfig, backbone, log) -> None:
     """Step s trains pair s % n on that pair's next global batch."""
-    from ds_prompt.data.encoding import collate
-    from ds_prompt.models.family import Family
     world, me, pad_id = dist.world_size(), dist.rank(), backbone.tokenizer.pad_token_id
     window, epochs = torch.zeros(()), {}
     for step in range(cfg.max_steps):
@@ -343,8 +340,6 @@ def _projector_loop(engine, data: list[_PairData], cfg: ProjectorTrainConfig, ba
 # ---- applying a projector ------------------------------------------------------------------------------------
 def apply_projector(projector: str, prompt: str, output_dir: str, task: str | None = None) -> Path:
     """Map the artifact `prompt` to the projector's target model; write a prompt artifact to `output_dir`."""
-    from ds_prompt.artifacts import load_prompt, save_prompt
-    from ds_prompt.data.tasks import get_task
     model, info = PromptProjector.from_pretrained(projector)
     tensor, meta, _ = load_prompt(prompt)
     with torch.no_grad():

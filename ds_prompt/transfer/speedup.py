@@ -6,18 +6,26 @@ init (random), one from a transferred prompt (`file:PROMPT`, e.g. the output of 
 run reaches it, the speedup (random steps / transfer steps) and the matching FLOPs, and plot both learning curves.
 
 FLOPs are estimated as 4 * N * tokens: 2N per token forward and 2N backward (gradients flow to the inputs only;
-the frozen weights get none), N = backbone parameters outside the input/output embeddings; attention's
-quadratic term is ignored. Steps are known only at evaluations, so `eval_every` sets the resolution.
+the frozen weights get none), N = the backbone's 2-D weights outside embedding tables and the vocab matrix
+(`matmul_params`); attention's quadratic term is ignored. Steps are known only at evaluations, so `eval_every`
+sets the resolution.
 """
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 
+from torch import nn
+
 from ds_prompt import dist
-from ds_prompt.config import TrainConfig
+from ds_prompt.artifacts import load_prompt_tensor
+from ds_prompt.builders import load_model_for
+from ds_prompt.config import TrainConfig, build_config, load_config_file
+from ds_prompt.engine.trainer import train
 from ds_prompt.errors import UserError
 from ds_prompt.io import write_json
+from ds_prompt.transfer.library import resolve_library_init
+from ds_prompt.transfer.plots import learning_curves
 
 RUNS = ("random", "transfer")
 
@@ -34,18 +42,17 @@ def steps_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
 
 
 def matmul_params(model) -> int:
-    """Backbone parameters used as matmul weights per token: all, minus input and (untied) output embeddings."""
-    skip = {id(model.get_input_embeddings().weight)}
+    """Matrix parameters a token meets: 2-D weights outside embedding tables and the output (vocab) matrix."""
+    skip = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if out is not None:
         skip.add(id(out.weight))
-    return sum(p.numel() for p in model.parameters() if id(p) not in skip)
+    return sum(p.numel() for p in model.parameters() if p.dim() == 2 and id(p) not in skip)
 
 
 def transfer_init_spec(init: str, task: str, model: str) -> str:
     """`--init` spec of the transfer run: file:PATH for a path, library specs resolved for (task, model)."""
     if init.startswith("library:"):
-        from ds_prompt.transfer.library import resolve_library_init
         return "file:" + resolve_library_init(init, task=task, model=model)
     if init.startswith("file:"):
         return init
@@ -57,9 +64,6 @@ def transfer_init_spec(init: str, task: str, model: str) -> str:
 def transfer_speedup(cfg: TrainConfig, init: str) -> dict:
     """Train from `cfg.init` and from `init` (same seed/budget) under <output_dir>/{random,transfer}; write
     speedup.json and speedup.png into <output_dir>. Returns the summary."""
-    from ds_prompt.builders import load_model_for
-    from ds_prompt.engine.trainer import train
-    from ds_prompt.transfer.plots import learning_curves
     out = Path(cfg.output_dir or Path("runs") / f"speedup-{cfg.task}-{cfg.model.replace('/', '_').replace(':', '_')}")
     base = dataclasses.replace(cfg, resume=False, save_every=0,
                                eval_every=cfg.eval_every or max(1, cfg.max_steps // 20))
@@ -89,8 +93,6 @@ def transfer_speedup(cfg: TrainConfig, init: str) -> dict:
 
 def speedup_config(prompt: str, config: str | None = None, **flags) -> tuple[TrainConfig, str]:
     """(TrainConfig, transfer init spec) from CLI flags; --prompt_length defaults to the transferred prompt's."""
-    from ds_prompt.artifacts import load_prompt_tensor
-    from ds_prompt.config import build_config, load_config_file
     cfg = build_config(TrainConfig, config, **flags)
     spec = transfer_init_spec(prompt, cfg.task, cfg.model)
     if "prompt_length" not in flags and "prompt_length" not in (load_config_file(config) if config else {}):

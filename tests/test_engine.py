@@ -59,9 +59,12 @@ def _flags(d):
 
 
 @pytest.mark.multiproc
-def test_two_rank_zero3_trains_prompt_and_keeps_backbone_bitwise(tmp_path):
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_two_rank_zero3_trains_prompt_and_keeps_backbone_bitwise(tmp_path, checkpointing):
+    """Also with activation checkpointing: ZeRO-3 re-gathers frozen weights during recomputation."""
     result = tmp_path / "result.json"
-    args = dict(TINY, output_dir=tmp_path / "run", deepspeed="zero3_cpu", log_every=1, max_steps=16)
+    args = dict(TINY, output_dir=tmp_path / "run", deepspeed="zero3_cpu", log_every=1, max_steps=16,
+                activation_checkpointing=checkpointing)
     _torchrun(2, ["tests/dist_scripts/train_and_check.py", str(result)] + _flags(args))
     r = json.loads(result.read_text())
     assert r["world_size"] == 2 and r["zero3_partitioned"] and r["backbone_unchanged"]

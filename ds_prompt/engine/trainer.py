@@ -29,6 +29,7 @@ from ds_prompt.engine.logging import RunLogger
 from ds_prompt.errors import UserError
 from ds_prompt.faults import fault_point
 from ds_prompt.io import ensure_writable_dir, write_json
+from ds_prompt.models.checkpointing import enable_activation_checkpointing
 from ds_prompt.models.family import Family
 
 
@@ -68,7 +69,7 @@ def train(cfg: TrainConfig, prompt_override: torch.Tensor | None = None, model_t
     if resumed:
         ckpt.restore_params(built.model, resumed[0])
     if cfg.activation_checkpointing:
-        backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(backbone.model)
 
     train_enc = [built.encoder.encode(e) for e in train_examples]
     eval_enc = [built.encoder.encode(e) for e in eval_examples]

@@ -63,11 +63,6 @@ def _get(module: nn.Module, path: str):
     return module
 
 
-def _set(module: nn.Module, path: str, value: nn.Module) -> None:
-    parent_path, _, name = path.rpartition(".")
-    setattr(_get(module, parent_path), name, value)
-
-
 @dataclass(frozen=True)
 class LayerStack:
     """One ModuleList of transformer layers. `path` is dotted from the model root; `role` is 'encoder'

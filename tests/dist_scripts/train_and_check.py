@@ -24,6 +24,10 @@ def main():
 
     def finish(ctx, run, final, task):
         from ds_prompt.dist import gathered
+        from ds_prompt.models.checkpointing import CheckpointedLayer
+        from ds_prompt.models.ffn import layer_stacks
+        for stack in layer_stacks(ctx.backbone.model):  # compare under the original parameter names
+            stack.replace([m.layer if isinstance(m, CheckpointedLayer) else m for m in stack.layers])
         ref = dict(load_backbone(cfg.model, family=cfg.family, dtype="fp32").model.named_parameters())
         unchanged = True
         for name, p in ctx.backbone.model.named_parameters():

@@ -24,7 +24,7 @@ def train(config: str | None = None, **flags) -> dict:
     """
     from ds_prompt.config import TrainConfig, build_config
     from ds_prompt.engine.trainer import train as run
-    cfg = build_config(TrainConfig, config, **flags)
+    cfg = build_config(TrainConfig, config, keep_none=True, **flags)
     metrics = run(cfg)
     _print_rank0(f"accuracy {metrics['accuracy_before']:.4f} -> {metrics['accuracy']:.4f} after "
                  f"{metrics['steps']} steps; prompt at {cfg.resolved_output_dir()}")
@@ -83,8 +83,12 @@ def _strip_launcher_args(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     import fire
     argv = _strip_launcher_args(sys.argv[1:] if argv is None else argv)
+    if any(a in ("--help", "-h") for a in argv):  # fire would pass --help into **flags
+        argv = [a for a in argv if a not in ("--help", "-h")] + ["--", "--help"]
     try:
         fire.Fire(_commands(), command=argv, name="ds-prompt")
+    except fire.core.FireExit as exc:  # --help, or a usage error fire already reported
+        return exc.code
     except UserError as exc:
         print(f"ds-prompt: error: {exc}", file=sys.stderr)
         return 2

@@ -114,16 +114,21 @@ def load_config_file(path: str) -> dict:
     return data
 
 
-def build_config(cls=TrainConfig, config: str | None = None, **overrides):
-    """`cls` from defaults, then the `config` file, then `overrides` (CLI flags). Validates every value."""
+def build_config(cls=TrainConfig, config: str | None = None, keep_none: bool = False, **overrides):
+    """`cls` from defaults, then the `config` file, then `overrides` (CLI flags). Validates every value.
+
+    Overrides that are None mean "not given" unless `keep_none` (the CLI passes only flags the user typed,
+    so `--eval_limit None` there means "no limit")."""
     values = load_config_file(config) if config else {}
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    values.update({k: v for k, v in overrides.items() if keep_none or v is not None})
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise UserError(f"unknown config key(s) {', '.join(unknown)}: valid keys are {', '.join(sorted(fields))}")
     kwargs = {}
     for name, value in values.items():
+        if value is None and "None" not in str(fields[name].type):
+            raise UserError(f"--{name} cannot be None: give a value")
         default = fields[name].default if fields[name].default is not dataclasses.MISSING else None
         if name in _int_or_none_fields():
             default = 0

@@ -87,6 +87,7 @@ TRAIN_CASES = {
     "bad flag": (lambda t: ["--lrr", "0.1"], r"unknown config key\(s\) lrr"),
     "wrong type": (lambda t: ["--max_steps", "many"], "--max_steps 'many' is not a valid int"),
     "negative": (lambda t: ["--lr", "-1"], "--lr must be > 0"),
+    "none for a required value": (lambda t: ["--max_steps", "None"], "--max_steps cannot be None"),
     "bad deepspeed": (lambda t: ["--deepspeed", "zero9"], "--deepspeed 'zero9'"),
     "indivisible batch": (lambda t: ["--batch_size", "8", "--grad_accum", "3"], "not divisible"),
     "non-finite loss": (lambda t: ["--lr", "1e30", "--max_steps", "6", "--log_every", "1"], "non-finite|became"),

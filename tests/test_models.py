@@ -93,3 +93,12 @@ def test_multi_token_label_word_is_mean_of_subtokens():
     logits = torch.randn(2, len(unique))
     sub = [unique.tolist().index(t) for t in ids[0][0]]
     torch.testing.assert_close((logits @ mat.T)[:, 0], logits[:, sub].mean(1))
+
+
+def test_train_mode_never_reaches_the_frozen_backbone():
+    """engine.train() after an evaluation must not switch dropout back on in the frozen model."""
+    bb, model, _ = prompted_tiny("bert")
+    model.eval()
+    model.train()
+    assert model.training and model.prompt.training
+    assert not any(m.training for m in model.backbone.modules())

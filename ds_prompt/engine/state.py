@@ -70,9 +70,6 @@ def full_param(engine, p) -> torch.Tensor:
     return (p.detach() if full is None else full).float().cpu().clone()
 
 
-_full_param = full_param  # old private name, still used by ds_prompt.spt until it is switched
-
-
 def _full_opt_state(engine, p) -> dict[str, torch.Tensor]:
     """Per-element optimizer state of `p` at full shape (collective under ZeRO-3: call on every rank)."""
     from deepspeed.utils import safe_get_full_optimizer_state

@@ -151,8 +151,7 @@ def _train_loop(ctx: _LoopContext, run: RunState, log: RunLogger) -> None:
     pad_id = ctx.backbone.tokenizer.pad_token_id
     epoch_cache: dict[int, list] = {}
     loss_sum, tokens, t0 = torch.zeros((), device=engine.device), 0.0, time.perf_counter()
-    engine.train()
-    ctx.backbone.model.eval()  # the frozen backbone keeps dropout off: deterministic, resumable steps
+    engine.train()  # PromptedModel.train keeps the frozen backbone in eval mode (no dropout)
     while run.step < cfg.max_steps:
         epoch, index = divmod(run.step, plan.batches_per_epoch)
         if epoch not in epoch_cache:

@@ -16,7 +16,8 @@ If parameters are already partitioned (they carry `ds_id`, e.g. a model built un
 `slice_ffn` gathers each FFN's weights with `ds_prompt.dist.gathered` (collective: all ranks apply the same
 spec), slices them into new plain parameters, and the next deepspeed.initialize partitions those (DeepSpeed
 converts every parameter without `ds_id`). Depth reduction only regroups modules, so it needs no gather.
-Neuron scoring runs forwards and therefore needs the unpartitioned model (the trainer's loading path).
+Neuron scoring runs forwards before the engine exists, so on a partitioned backbone `neuron_scores` gathers
+one layer at a time (`ds_prompt.models.ffn.gathered_layerwise`) and never holds the whole model.
 """
 from __future__ import annotations
 
@@ -26,9 +27,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from ds_prompt import dist
 from ds_prompt.errors import UserError
-from ds_prompt.models.ffn import ffn_layers, layer_stacks, record_ffn_activations, slice_ffn
+from ds_prompt.models.ffn import ffn_layers, gathered_layerwise, layer_stacks, record_ffn_activations, slice_ffn
 
 
 def evenly_select_layers(num_layers: int, keep: int) -> list[int]:
@@ -78,10 +78,6 @@ class PartialModelSpec:
             raise UserError(f"width {w!r} must be a fraction of the FFN neurons in (0, 1]")
 
     @property
-    def keeps_all_layers(self) -> bool:
-        return self.depth == 1.0 and isinstance(self.depth, float)
-
-    @property
     def keeps_all_neurons(self) -> bool:
         return self.width == 1.0
 
@@ -115,21 +111,22 @@ def prompted_token_mask(attention_mask: torch.Tensor, prompt_length: int) -> tor
 
 
 @torch.no_grad()
-def neuron_scores(model, batches: Iterable[dict], reduce=dist.all_reduce_sum) -> dict[str, torch.Tensor]:
+def neuron_scores(model, batches: Iterable[dict]) -> dict[str, torch.Tensor]:
     """Per-neuron mean |activation| of every FFN of `model.backbone` over the real tokens of `batches`.
 
     `model` is a PromptedModel (its current prompt is prepended); `batches` are `collate`d dicts. Padding is
     excluded with the prompted attention mask; T5's decoder runs one step, all of whose rows are real.
-    `reduce` sums (|x| sums, token counts) across ranks, so ranks can score disjoint shares of the samples.
-    Returns {ffn name: [d_ff] float32 (CPU)}, names as in `ffn_layers(model.backbone)` of the full model.
+    A ZeRO-3 partitioned backbone is gathered layer by layer (`gathered_layerwise`; collective: every rank
+    must score the same number of batches). Returns {ffn name: [d_ff] float32 (CPU)}, names as in
+    `ffn_layers(model.backbone)` of the full model.
     """
     from kernels.activation_stats import activation_stats
     refs = ffn_layers(model.backbone)
-    device = next(model.parameters()).device
+    device = next(model.prompt.parameters()).device
     sums = {r.name: torch.zeros(r.d_ff, dtype=torch.float64) for r in refs}
-    counts = {r.name: torch.zeros((), dtype=torch.float64) for r in refs}
+    tokens = {r.name: 0 for r in refs}
     model.eval()
-    with record_ffn_activations(model.backbone, refs) as acts:
+    with gathered_layerwise(model.backbone), record_ffn_activations(model.backbone, refs) as acts:
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
             model(batch["input_ids"], batch["attention_mask"], batch["score_index"])
@@ -140,16 +137,8 @@ def neuron_scores(model, batches: Iterable[dict], reduce=dist.all_reduce_sum) ->
                 _, abs_mean = activation_stats(x.reshape(-1, x.shape[-1]), rows)
                 kept = x.shape[0] * x.shape[1] if rows is None else int(rows.sum())
                 sums[ref.name] += abs_mean.double().cpu() * kept
-                counts[ref.name] += kept
-    names = [r.name for r in refs]
-    flat = reduce(torch.cat([sums[n] for n in names] + [torch.stack([counts[n] for n in names])]))
-    out, offset = {}, 0
-    totals = flat[-len(names):]
-    for i, n in enumerate(names):
-        d = sums[n].numel()
-        out[n] = (flat[offset:offset + d] / totals[i].clamp_min(1)).float()
-        offset += d
-    return out
+                tokens[ref.name] += kept
+    return {name: (sums[name] / max(tokens[name], 1)).float() for name in sums}
 
 
 def _renumber_layer_idx(layer: nn.Module, index: int) -> None:
@@ -200,6 +189,9 @@ def reduce_width(model: nn.Module, spec: PartialModelSpec, scores: dict[str, tor
     `scores` are keyed by the FULL model's FFN names; `kept_layers` ({stack: original indices}, from
     `select_layers`) maps positions of an already depth-reduced model back to them. Returns {name: k}.
     """
+    if getattr(model.config, "quantization_config", None) is not None:  # bitsandbytes: packed weights
+        raise UserError("FFN reduction (width < 1) cannot slice quantized weights: use --quantization none, "
+                        "or a depth-only plan (layer dropping works on quantized models)")
     kept_neurons = {}
     for ref in ffn_layers(model):
         original = kept_layers[ref.stack][ref.index] if kept_layers else ref.index

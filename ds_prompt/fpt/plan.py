@@ -130,5 +130,5 @@ def load_plan(plan: str, total_steps: int | None = None) -> StagePlan:
         return preset_plan(plan, total_steps)
     if not Path(plan).is_file():
         raise UserError(f"--plan '{plan}' is neither a preset ({', '.join(PRESETS)}) nor a file: pass a JSON/YAML "
-                        f"plan such as ds_configs/fpt_ld.json")
+                        f"plan such as examples/fpt_ld.json")
     return StagePlan.from_dict(load_config_file(plan), source=f"plan '{plan}'")

@@ -151,12 +151,17 @@ def _is_projection(module) -> bool:
     return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 
 
+def _unwrapped(layer: nn.Module) -> nn.Module:
+    from ds_prompt.models.checkpointing import CheckpointedLayer  # imports this module: import late
+    return layer.layer if isinstance(layer, CheckpointedLayer) else layer
+
+
 def ffn_layers(model: nn.Module) -> list[FFNRef]:
-    """Every layer's FFN, stack by stack in forward order."""
+    """Every layer's FFN, stack by stack in forward order (through activation-checkpointing wrappers)."""
     refs = []
     for stack in layer_stacks(model):
         for i, layer in enumerate(stack.layers):
-            block, inputs, output = _ffn_layout(layer)
+            block, inputs, output = _ffn_layout(_unwrapped(layer))
             refs.append(FFNRef(stack.path, i, block, inputs, output))
     return refs
 

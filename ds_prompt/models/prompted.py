@@ -29,6 +29,13 @@ class PromptedModel(nn.Module):
         self.head = head
         self._transform = head_transform(backbone, family) if isinstance(head, LabelWordHead) else None
 
+    def train(self, mode: bool = True) -> "PromptedModel":
+        """Train mode for the prompt/head only: the frozen backbone always stays in eval mode (no dropout),
+        so steps are deterministic and resumable, also after an evaluation switched modes back."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
     @property
     def trainable_named_parameters(self):
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]

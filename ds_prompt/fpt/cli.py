@@ -1,0 +1,52 @@
+"""`ds-prompt fpt` (the stage scheduler) and `ds-prompt fpt_stage` (one stage job, started by the scheduler)."""
+from __future__ import annotations
+
+import dataclasses
+
+from ds_prompt.errors import UserError
+
+
+def fpt(plan: str, config: str | None = None, launcher: str | None = None, reset_optimizer: bool | None = None,
+        score_samples: int = 1000, retries: int = 0, backward: str = "activations", **flags) -> None:
+    """Fast Prompt Tuning: train the prompt through a plan of partial models, each stage its own DeepSpeed job.
+
+    --plan ld | fr | cr | pt (the paper's schedules scaled to --max_steps) or a JSON/YAML plan file of stages
+    {depth: layers (int) or fraction (float), width: fraction of FFN neurons, steps, launcher?}
+    (see examples/fpt_ld.json). --launcher "torchrun --nproc_per_node 2 --master_port {free_port}" or
+    "deepspeed --hostfile H --num_gpus 8" starts every stage (a stage's own launcher wins; default: this
+    Python, 1 rank). --reset_optimizer: at each expansion keep only the prompt (fresh optimizer and schedule;
+    ablation). --score_samples N: training samples for FFN neuron scores (mean |activation| with the prompt
+    at the first width-reduced stage). --retries N: re-launch a failed stage N times. --backward
+    activations|standard: FLOPs convention of the report. All train flags apply (--model --task --data_dir
+    --output_dir --batch_size --lr --deepspeed ...; see `ds-prompt train --help`); with a plan file the
+    total steps are the plan's. Writes D/stage_<k>/ runs, D/fpt_ledger.json, D/fpt_report.json
+    (flops_fraction, per-stage list), D/tb and the final prompt. Re-running the same command resumes.
+    """
+    from ds_prompt.config import TrainConfig, build_config
+    from ds_prompt.fpt.plan import PRESETS, load_plan
+    from ds_prompt.fpt.scheduler import run_fpt
+    for name, value, low in (("score_samples", score_samples, 1), ("retries", retries, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise UserError(f"--{name} {value!r} must be an integer >= {low}")
+    cfg = build_config(TrainConfig, config, reset_optimizer=reset_optimizer, **flags)
+    if cfg.init_state:
+        raise UserError("fpt chains its stages' states itself: drop --init_state (start from a trained prompt "
+                        "with --init file:PROMPT)")
+    stages = load_plan(plan, cfg.max_steps)
+    if plan not in PRESETS and "max_steps" in flags and int(flags["max_steps"]) != stages.total_steps:
+        raise UserError(f"--max_steps {flags['max_steps']} differs from the {stages.total_steps} steps of plan "
+                        f"'{plan}': drop --max_steps or edit the plan")
+    if cfg.scheduler == "linear" and not cfg.reset_optimizer and len(stages.stages) > 1:
+        raise UserError("--scheduler linear decays to 0 at each stage's last step when stages carry the "
+                        "schedule over: use --scheduler constant (the paper's) or --reset_optimizer")
+    cfg = dataclasses.replace(cfg, max_steps=stages.total_steps)
+    run_fpt(cfg, stages, launcher, score_samples, retries, backward)
+
+
+def fpt_stage(stage_file: str) -> None:
+    """Run one FPT stage job (started by `ds-prompt fpt`; every rank of the job runs this)."""
+    from ds_prompt.fpt.scheduler import run_stage
+    run_stage(stage_file)
+
+
+COMMANDS = {"fpt": fpt, "fpt_stage": fpt_stage}

@@ -1,0 +1,11 @@
+"""SPT (Bari et al. 2022): soft prompts retrieved from a memory bank by discrete prompts.
+
+Our documented reading, not the paper's verified method (see docs/spt.md): `bank` (MemoryBank, the prompt
+module, multitask head, bank artifacts), `mixture` (task mixture and global batches), `recipe` (train and
+evaluate loops on the DeepSpeed engine), `inspect` (retrieval heatmap), `cli` (`ds-prompt spt ...`).
+"""
+from ds_prompt.spt.bank import (BankConfig, MemoryBank, MultiTaskHead, SPTModel, SPTPrompt, build_spt_model,
+                                init_spt_prompt, load_bank, save_bank)
+
+__all__ = ["BankConfig", "MemoryBank", "MultiTaskHead", "SPTModel", "SPTPrompt", "build_spt_model",
+           "init_spt_prompt", "load_bank", "save_bank"]

@@ -1,0 +1,221 @@
+"""The FPT stage scheduler: stage jobs (1 rank; 2 ranks under torchrun or the deepspeed launcher) on a ZeRO-3
+partitioned backbone, hand-off of the exact optimizer state, the ledger, and resuming after a killed stage and
+after a killed scheduler."""
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ds_prompt.config import TrainConfig, build_config
+from ds_prompt.errors import UserError
+from ds_prompt.fpt.scheduler import StageJob, StageTransform, stage_command
+from ds_prompt.models.tiny import build_tiny
+from tests.helpers import REPO
+
+TINY = dict(task="demo", train_limit=64, eval_limit=32, batch_size=8, prompt_length=4, lr=0.05,
+            eval_every=0, log_every=2, save_every=2, progress="false", deepspeed="zero3_cpu", seed=7)
+TORCHRUN = f"{sys.executable} -m torch.distributed.run --nproc_per_node 2 --master_port {{free_port}}"
+DEEPSPEED = "deepspeed --num_gpus 2 --master_port {free_port}"
+
+
+def _plan(launcher: str) -> dict:
+    """Stage 0: 1 of 2 layers, half the FFN neurons, scored and trained on 2 ranks; stage 1: the full model on
+    1 rank (a different world size)."""
+    return {"stages": [{"depth": 1, "width": 0.5, "steps": 6, "launcher": launcher}, {"steps": 6}]}
+
+
+def _env(**extra):
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "DS_PROMPT_FAULT"):
+        env.pop(k, None)
+    env.update(extra)
+    return env
+
+
+def _fpt_command(plan_file: Path, out: Path) -> list[str]:
+    flags = [x for k, v in dict(TINY, output_dir=out).items() for x in (f"--{k}", str(v))]
+    flags += ["--model", str(out.parent / "model")]
+    return [sys.executable, "-m", "ds_prompt.cli", "fpt", "--plan", str(plan_file)] + flags
+
+
+def _fpt(plan_file, out, check=True, **env):
+    proc = subprocess.run(_fpt_command(plan_file, out), cwd=REPO, env=_env(**env), capture_output=True, text=True,
+                          timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _wait_until_gone(text: str, timeout_s: float = 60.0) -> list[int]:
+    deadline = time.time() + timeout_s
+    while (left := _processes_mentioning(text)) and time.time() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+def _latest_state(run_dir: Path):
+    ckpt = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
+    return load_file(str(ckpt / "state.safetensors")), json.loads((ckpt / "state.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def plan_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("plan") / "plan.json"
+    path.write_text(json.dumps(_plan(TORCHRUN)))
+    return path
+
+
+def _save_model(folder: Path) -> None:
+    """tiny:bert as a model FOLDER: from_pretrained under ZeRO-3 partitions it while loading (zero.Init),
+    so the stages score, slice and train a partitioned backbone."""
+    model, tok = build_tiny("bert")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(plan_file, tmp_path_factory):
+    root = tmp_path_factory.mktemp("fpt")
+    _save_model(root / "model")
+    _fpt(plan_file, root / "full")
+    return root / "full"
+
+
+@pytest.mark.multiproc
+def test_fpt_run_writes_report_ledger_and_final_prompt(uninterrupted):
+    out = uninterrupted
+    report = json.loads((out / "fpt_report.json").read_text())
+    s0, s1 = report["stages"]
+    assert (s0["layers"], s0["neurons_per_ffn"], s0["world_size"]) == ({"bert.encoder.layer": 1}, [32], 2)
+    assert (s1["layers"], s1["neurons_per_ffn"], s1["world_size"]) == ({"bert.encoder.layer": 2}, [64], 1)
+    assert (s0["start_step"], s0["end_step"], s1["end_step"]) == (0, 6, 12)
+    assert s1["flops_per_step"] == s1["full_flops_per_step"] > 2 * s0["flops_per_step"]
+    assert report["flops_fraction"] == pytest.approx((s0["flops"] + s1["flops"]) / (12 * s1["full_flops_per_step"]))
+    assert 0.5 < report["flops_fraction"] < 0.75 and report["total_steps"] == 12
+    assert all(s["wall_s"] > 0 and s["train_s_per_step"] > 0 for s in report["stages"])
+    assert report["wall_fraction_estimate"] is not None
+    assert (out / "neuron_scores.safetensors").is_file()
+    ledger = json.loads((out / "fpt_ledger.json").read_text())
+    assert set(ledger["stages"]) == {"0", "1"}
+    final = load_file(str(out / "prompt.safetensors"))["prompt"]
+    assert torch.equal(final, load_file(str(out / "stage_1" / "prompt.safetensors"))["prompt"])
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 12
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(out / "tb"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("fpt/flops_cumulative")] == [6, 12]
+
+
+def _handoff_config(stage_dir: Path, tmp: Path, **changes) -> tuple[TrainConfig, StageJob]:
+    job = StageJob.load(str(stage_dir / "fpt_job.json"))
+    train = dict(job.train, output_dir=str(tmp), progress=False, **changes)
+    cfg = build_config(TrainConfig, None, **train)
+    return cfg, dataclasses.replace(job, train=train)
+
+
+@pytest.mark.multiproc
+def test_optimizer_state_carries_over_an_expansion_unchanged(uninterrupted, tmp_path):
+    from ds_prompt.engine.trainer import train
+    before, meta_before = _latest_state(uninterrupted / "stage_0")
+    assert meta_before["step"] == 6 and "opt/prompt.weight/exp_avg" in before
+    # Stage 1 started on the FULL model from stage 0's state; stopping it after 0 steps saves exactly what it
+    # started with.
+    cfg, job = _handoff_config(uninterrupted / "stage_1", tmp_path / "zero", max_steps=6, deepspeed="zero0_cpu")
+    train(cfg, model_transform=StageTransform(cfg, job))
+    after, meta_after = _latest_state(tmp_path / "zero")
+    for key in ("param/prompt.weight", "opt/prompt.weight/exp_avg", "opt/prompt.weight/exp_avg_sq", "rng/torch"):
+        assert torch.equal(after[key], before[key]), key
+    assert meta_after["optimizer_step"] == meta_before["optimizer_step"] == 6
+    assert meta_after["scheduler"]["last_epoch"] == meta_before["scheduler"]["last_epoch"]
+    # The ablation switch keeps only the prompt: a fresh optimizer at step 0.
+    cfg, job = _handoff_config(uninterrupted / "stage_1", tmp_path / "reset", max_steps=1, reset_optimizer=True,
+                               deepspeed="zero0_cpu")
+    train(cfg, model_transform=StageTransform(cfg, job))
+    _, meta_reset = _latest_state(tmp_path / "reset")
+    assert meta_reset["step"] == 1 and meta_reset["optimizer_step"] == 1
+
+
+@pytest.mark.multiproc
+def test_killed_stage_and_killed_scheduler_resume_to_the_uninterrupted_prompt(uninterrupted, tmp_path):
+    out = tmp_path / "cut"
+    _save_model(tmp_path / "model")
+    plan_file = tmp_path / "plan.json"  # the same stages; stage 0 through the deepspeed launcher this time
+    plan_file.write_text(json.dumps(_plan(DEEPSPEED)))
+    # 1. Every rank of stage 1 hard-exits right after its step-8 checkpoint (stage 1 runs steps 7..12).
+    crashed = _fpt(plan_file, out, check=False, DS_PROMPT_FAULT="after_checkpoint:8")
+    assert crashed.returncode != 0 and "re-run the same command" in crashed.stderr
+    assert (out / "stage_1" / "checkpoints" / "latest").read_text().strip() == "step_0000008"
+    assert set(json.loads((out / "fpt_ledger.json").read_text())["stages"]) == {"0"}
+    assert not _wait_until_gone(str(out), 30), "no stage process outlives a failed stage"
+    # 2. The scheduler itself is SIGKILLed while it re-runs stage 1: the stage job must not be orphaned.
+    (out / "stage_1" / "fpt_stage.json").unlink()
+    sched = subprocess.Popen(_fpt_command(plan_file, out), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not (out / "stage_1" / "fpt_stage.json").exists() and sched.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert sched.poll() is None, f"scheduler ended before the kill:\n{sched.stderr.read()[-3000:]}"
+    os.kill(sched.pid, signal.SIGKILL)
+    sched.wait()
+    assert not _wait_until_gone(str(out), 60), "the stage job died with its scheduler"
+    # 3. The same command again: stage 0 is skipped, stage 1 resumes from its last checkpoint.
+    resumed = _fpt(plan_file, out)
+    assert "stage 0 finished earlier" in resumed.stderr
+    assert "starting from" in resumed.stderr and "stage_1/checkpoints at step" in resumed.stderr
+    ledger = json.loads((out / "fpt_ledger.json").read_text())
+    assert [a["returncode"] for a in ledger["attempts"]["1"]][0] != 0 and len(ledger["attempts"]["0"]) == 1
+    want = load_file(str(uninterrupted / "prompt.safetensors"))["prompt"]
+    got = load_file(str(out / "prompt.safetensors"))["prompt"]
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    assert not _processes_mentioning(str(out))
+
+
+def test_rerun_with_another_plan_is_refused(plan_file, tmp_path):
+    from ds_prompt.fpt.plan import load_plan
+    from ds_prompt.fpt.scheduler import Ledger
+    cfg = build_config(TrainConfig, None, output_dir=str(tmp_path))
+    Ledger.open(tmp_path / "fpt_ledger.json", load_plan(str(plan_file)), cfg)
+    with pytest.raises(UserError, match="different stages"):
+        Ledger.open(tmp_path / "fpt_ledger.json", load_plan("ld", 12), cfg)
+    with pytest.raises(UserError, match="--lr"):
+        Ledger.open(tmp_path / "fpt_ledger.json", load_plan(str(plan_file)), dataclasses.replace(cfg, lr=1.0))
+
+
+def test_stage_commands_per_launcher(tmp_path):
+    job = tmp_path / "fpt_job.json"
+    tail = ["ds_prompt.cli", "fpt_stage", "--stage_file", str(job)]
+    assert stage_command(None, job) == [sys.executable, "-m"] + tail
+    assert stage_command("deepspeed --hostfile H --num_gpus 8", job) == \
+        ["deepspeed", "--hostfile", "H", "--num_gpus", "8", "--module"] + tail
+    cmd = stage_command("torchrun --nproc_per_node 2 --master_port {free_port}", job)
+    assert cmd[:3] == ["torchrun", "--nproc_per_node", "2"] and cmd[4].isdigit() and cmd[5] == "--module"
+
+
+def test_fpt_cli_rejects_conflicting_flags(plan_file, tmp_path):
+    from ds_prompt.fpt.cli import fpt
+    with pytest.raises(UserError, match="--max_steps 5 differs"):
+        fpt(str(plan_file), output_dir=str(tmp_path), max_steps=5)
+    with pytest.raises(UserError, match="scheduler linear"):
+        fpt("ld", output_dir=str(tmp_path), max_steps=8, scheduler="linear")
+    with pytest.raises(UserError, match="score_samples"):
+        fpt("ld", output_dir=str(tmp_path), score_samples=0)

@@ -37,6 +37,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     scheduler: str = "constant"           # constant, linear (warmup then linear decay to 0)
     warmup_steps: int = 0
+    schedule_steps: int | None = None     # steps the LR schedule spans (default max_steps; FPT: the whole plan)
     grad_clip: float = 1.0
     eval_every: int = 100                 # steps; 0 = only at the end
     save_every: int = 100                 # steps between trainable-state checkpoints; 0 = never

@@ -215,7 +215,20 @@ def test_fpt_cli_rejects_conflicting_flags(plan_file, tmp_path):
     from ds_prompt.fpt.cli import fpt
     with pytest.raises(UserError, match="--max_steps 5 differs"):
         fpt(str(plan_file), output_dir=str(tmp_path), max_steps=5)
-    with pytest.raises(UserError, match="scheduler linear"):
-        fpt("ld", output_dir=str(tmp_path), max_steps=8, scheduler="linear")
     with pytest.raises(UserError, match="score_samples"):
         fpt("ld", output_dir=str(tmp_path), score_samples=0)
+
+
+def test_linear_schedule_spans_the_whole_plan_not_each_stage(tmp_path):
+    """Carried-over stages share one LR schedule: a linear decay reaches 0 at the plan's end only."""
+    from ds_prompt.config import TrainConfig
+    from ds_prompt.fpt.plan import preset_plan
+    from ds_prompt.fpt.scheduler import _stage_config
+    plan = preset_plan("ld", 20)
+    cfg = TrainConfig(scheduler="linear", max_steps=20)
+    stages = [_stage_config(cfg, tmp_path, i, plan) for i in range(len(plan.stages))]
+    assert [s.schedule_steps for s in stages] == [20] * len(plan.stages)
+    assert stages[-1].max_steps == 20 and stages[0].max_steps == plan.stages[0].steps
+    reset = [_stage_config(TrainConfig(scheduler="linear", reset_optimizer=True), tmp_path, i, plan)
+             for i in range(len(plan.stages))]
+    assert [s.schedule_steps for s in reset[1:]] == [st.steps for st in plan.stages[1:]]

@@ -77,7 +77,8 @@ def train(cfg: TrainConfig, prompt_override: torch.Tensor | None = None, model_t
 
     trainable = [p for p in built.model.parameters() if p.requires_grad]
     optimizer = ds_setup.build_optimizer(cfg.optimizer, trainable, cfg.lr, cfg.weight_decay)
-    scheduler = ds_setup.build_scheduler(cfg.scheduler, optimizer, cfg.warmup_steps, cfg.max_steps)
+    scheduler = ds_setup.build_scheduler(cfg.scheduler, optimizer, cfg.warmup_steps,
+                                         cfg.schedule_steps or cfg.max_steps)
     engine, _, scheduler = ds_setup.initialize_engine(built.model, ds_config, optimizer, scheduler)
 
     run = RunState()

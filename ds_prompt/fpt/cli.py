@@ -36,9 +36,6 @@ def fpt(plan: str, config: str | None = None, launcher: str | None = None, reset
     if plan not in PRESETS and "max_steps" in flags and int(flags["max_steps"]) != stages.total_steps:
         raise UserError(f"--max_steps {flags['max_steps']} differs from the {stages.total_steps} steps of plan "
                         f"'{plan}': drop --max_steps or edit the plan")
-    if cfg.scheduler == "linear" and not cfg.reset_optimizer and len(stages.stages) > 1:
-        raise UserError("--scheduler linear decays to 0 at each stage's last step when stages carry the "
-                        "schedule over: use --scheduler constant (the paper's) or --reset_optimizer")
     cfg = dataclasses.replace(cfg, max_steps=stages.total_steps)
     run_fpt(cfg, stages, launcher, score_samples, retries, backward)
 

@@ -324,6 +324,7 @@ def _stage_config(cfg: TrainConfig, root: Path, index: int, plan: StagePlan) -> 
     save_every = cfg.save_every or max_steps + 1
     return dataclasses.replace(cfg, output_dir=str(stage_dir(root, index)), max_steps=max_steps,
                                save_every=save_every, resume=True, reset_optimizer=reset,
+                               schedule_steps=plan.stages[index].steps if reset else plan.total_steps,
                                init_state=str(stage_dir(root, index - 1)) if index else None)
 
 

@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from ds_prompt import dist
 from ds_prompt.artifacts import save_prompt
@@ -25,9 +24,9 @@ from ds_prompt.data.tasks import get_task
 from ds_prompt.engine import setup as ds_setup
 from ds_prompt.engine import state as ckpt
 from ds_prompt.engine.evaluate import evaluate
+from ds_prompt.engine.loop import train_steps
 from ds_prompt.engine.logging import RunLogger
 from ds_prompt.errors import UserError
-from ds_prompt.faults import fault_point
 from ds_prompt.io import ensure_writable_dir, write_json
 from ds_prompt.models.checkpointing import enable_activation_checkpointing
 from ds_prompt.models.family import Family
@@ -147,39 +146,30 @@ class _LoopContext:
 
 
 def _train_loop(ctx: _LoopContext, run: RunState, log: RunLogger) -> None:
-    cfg, engine, plan = ctx.cfg, ctx.engine, ctx.plan
+    cfg, plan = ctx.cfg, ctx.plan
     world, me = dist.world_size(), dist.rank()
     pad_id = ctx.backbone.tokenizer.pad_token_id
     epoch_cache: dict[int, list] = {}
-    loss_sum, tokens, t0 = torch.zeros((), device=engine.device), 0.0, time.perf_counter()
-    engine.train()  # PromptedModel.train keeps the frozen backbone in eval mode (no dropout)
-    while run.step < cfg.max_steps:
-        epoch, index = divmod(run.step, plan.batches_per_epoch)
+
+    def micro_batches(step: int):
+        epoch, index = divmod(step, plan.batches_per_epoch)
         if epoch not in epoch_cache:
-            epoch_cache = {epoch: plan.epoch(epoch)}
-        global_batch = epoch_cache[epoch][index]
-        for micro in plan.micro_batches(global_batch, world, me, cfg.grad_accum):
-            cpu_batch = collate([ctx.train_enc[i] for i in micro], pad_id, ctx.left_pad)
-            tokens += sum(len(ctx.train_enc[i].input_ids) for i in micro) + cfg.prompt_length * len(micro)
-            batch = {k: v.to(engine.device, non_blocking=True) for k, v in cpu_batch.items()}
-            logits = engine(batch["input_ids"], batch["attention_mask"], batch["score_index"])
-            loss = F.cross_entropy(logits.float(), batch["labels"])
-            engine.backward(loss)
-            fault_point("mid_step", run.step + 1)
-            engine.step()
-            loss_sum += loss.detach() / cfg.grad_accum  # stays on device: no sync until the log step
-        run.step += 1
-        log.advance(1)
-        if run.step % cfg.log_every == 0 or run.step == cfg.max_steps:
-            loss_sum, tokens, t0 = _log_train(ctx, run, log, loss_sum, tokens, t0)
-        if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.max_steps:
-            result = ctx.evaluate()
-            run.history.append({"step": run.step, **result})
-            log.scalars(run.step, result, prefix="eval")
-            log.message(f"step {run.step}: eval accuracy {result['accuracy']:.4f}")
-        if cfg.save_every and run.step % cfg.save_every == 0 and run.step < cfg.max_steps:
-            _save_checkpoint(ctx, run)
-            fault_point("after_checkpoint", run.step)
+            epoch_cache.clear()
+            epoch_cache[epoch] = plan.epoch(epoch)
+        for micro in plan.micro_batches(epoch_cache[epoch][index], world, me, cfg.grad_accum):
+            n_tokens = sum(len(ctx.train_enc[i].input_ids) for i in micro) + cfg.prompt_length * len(micro)
+            yield collate([ctx.train_enc[i] for i in micro], pad_id, ctx.left_pad), n_tokens
+
+    def on_eval() -> None:
+        result = ctx.evaluate()
+        run.history.append({"step": run.step, **result})
+        log.scalars(run.step, result, prefix="eval")
+        log.message(f"step {run.step}: eval accuracy {result['accuracy']:.4f}")
+
+    ctx.engine.train()  # PromptedModel.train keeps the frozen backbone in eval mode (no dropout)
+    train_steps(ctx.engine, run, cfg.max_steps, cfg, log, micro_batches,
+                on_log=lambda loss_sum, tokens, t0: _log_train(ctx, run, log, loss_sum, tokens, t0),
+                on_eval=on_eval, on_save=lambda: _save_checkpoint(ctx, run))
 
 
 def _log_train(ctx, run, log, loss_sum, tokens, t0):

@@ -22,7 +22,6 @@ from enum import Enum
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -35,14 +34,15 @@ from ds_prompt.engine import setup as ds_setup
 from ds_prompt.engine import state as ckpt
 from ds_prompt.engine.evaluate import evaluate
 from ds_prompt.engine.logging import RunLogger
+from ds_prompt.engine.loop import train_steps
 from ds_prompt.errors import UserError, require
-from ds_prompt.faults import fault_point
 from ds_prompt.io import atomic_path, ensure_writable_dir, write_json
 from ds_prompt.models.family import Family
 from ds_prompt.spt.bank import (BankConfig, Combine, QueryProjection, QuerySource, SPTModel,
                                 TaskPromptKind, build_spt_model, init_spt_prompt, load_bank, load_state,
                                 parse_choice, save_bank)
-from ds_prompt.spt.mixture import MixturePlan, TaskSuite, micro_batches, mixing_rates
+from ds_prompt.spt.mixture import MixturePlan, TaskSuite, mixing_rates
+from ds_prompt.spt.mixture import micro_batches as micro_batches_of
 
 BACKBONE_FILE = "backbone.safetensors"
 EVAL_FILE = "spt_eval.json"
@@ -328,32 +328,23 @@ def _param_groups(model: SPTModel, cfg: SPTConfig) -> list[dict]:
 
 
 def _train_loop(ctx: _Context, run: RunState, log: RunLogger) -> None:
-    cfg, engine = ctx.cfg, ctx.engine
+    cfg = ctx.cfg
     world, me = dist.world_size(), dist.rank()
-    loss_sum, tokens, t0 = torch.zeros((), device=engine.device), 0.0, time.perf_counter()
-    while run.step < ctx.max_steps:
-        samples = ctx.plan.global_batch_at(run.step)
-        for micro in micro_batches(samples, world, me, cfg.grad_accum, ctx.suite.length):
+
+    def micro_batches(step: int):
+        samples = ctx.plan.global_batch_at(step)
+        for micro in micro_batches_of(samples, world, me, cfg.grad_accum, ctx.suite.length):
             cpu_batch = ctx.suite.collate(micro)
-            tokens += float(cpu_batch["attention_mask"].sum()) + ctx.bank.prompt_length * len(micro)
-            batch = {k: v.to(engine.device, non_blocking=True) for k, v in cpu_batch.items()}
-            labels = batch.pop("labels")
-            loss = F.cross_entropy(engine(**batch).float(), labels)
-            engine.backward(loss)
-            fault_point("mid_step", run.step + 1)
-            engine.step()
-            loss_sum += loss.detach() / cfg.grad_accum  # stays on device: no sync until the log step
-        run.step += 1
-        log.advance(1)
-        if run.step % cfg.log_every == 0 or run.step == ctx.max_steps:
-            loss_sum, tokens, t0 = _log_train(ctx, run, log, loss_sum, tokens, t0)
-        if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < ctx.max_steps:
-            results = ctx.evaluate()
-            run.history.append({"step": run.step, "results": results})
-            _log_eval(log, run.step, results)
-        if cfg.save_every and run.step % cfg.save_every == 0 and run.step < ctx.max_steps:
-            _save_checkpoint(ctx, run)
-            fault_point("after_checkpoint", run.step)
+            yield cpu_batch, float(cpu_batch["attention_mask"].sum()) + ctx.bank.prompt_length * len(micro)
+
+    def on_eval() -> None:
+        results = ctx.evaluate()
+        run.history.append({"step": run.step, "results": results})
+        _log_eval(log, run.step, results)
+
+    train_steps(ctx.engine, run, ctx.max_steps, cfg, log, micro_batches,
+                on_log=lambda loss_sum, tokens, t0: _log_train(ctx, run, log, loss_sum, tokens, t0),
+                on_eval=on_eval, on_save=lambda: _save_checkpoint(ctx, run))
 
 
 def _log_train(ctx: _Context, run: RunState, log: RunLogger, loss_sum, tokens, t0):

@@ -32,12 +32,23 @@ def fpt(plan: str, config: str | None = None, launcher: str | None = None, reset
     if cfg.init_state:
         raise UserError("fpt chains its stages' states itself: drop --init_state (start from a trained prompt "
                         "with --init file:PROMPT)")
+    _validate_before_launch(cfg)
     stages = load_plan(plan, cfg.max_steps)
     if plan not in PRESETS and "max_steps" in flags and int(flags["max_steps"]) != stages.total_steps:
         raise UserError(f"--max_steps {flags['max_steps']} differs from the {stages.total_steps} steps of plan "
                         f"'{plan}': drop --max_steps or edit the plan")
     cfg = dataclasses.replace(cfg, max_steps=stages.total_steps)
     run_fpt(cfg, stages, launcher, score_samples, retries, backward)
+
+
+def _validate_before_launch(cfg) -> None:
+    """Fail here, with one error line, on what every stage job would fail on (task, data, DeepSpeed config)."""
+    from ds_prompt.data.loading import resolve_data_dir
+    from ds_prompt.data.tasks import get_task
+    from ds_prompt.engine.setup import load_ds_config
+    task = get_task(cfg.task)
+    resolve_data_dir(task, cfg.data_dir)
+    load_ds_config(cfg.deepspeed)
 
 
 def fpt_stage(stage_file: str) -> None:

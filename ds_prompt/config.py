@@ -23,7 +23,7 @@ class TrainConfig:
     batch_size: int = 16                  # GLOBAL batch per optimizer step (all ranks x grad_accum)
     grad_accum: int = 1
     prompt_length: int = 20
-    lr: float = 1e-2
+    lr: float = 3e-3
     seed: int = 42
     deepspeed: str | None = None          # ds_configs name (zero0_cpu, zero3, ...) or a JSON path; None = zero0
     init: str = "normal:0.02"             # see ds_prompt.models.soft_prompt.INIT_CHOICES

@@ -6,7 +6,7 @@ set -euo pipefail
 DATA=${DATA:-../shared/data}
 OUT=${OUT:-runs/fpt}
 STEPS=${STEPS:-300}
-COMMON=(--data_dir "$DATA" --max_steps "$STEPS" --eval_limit 500 --train_limit 8000 --progress False --seed 42)
+COMMON=(--data_dir "$DATA" --max_steps "$STEPS" --eval_limit 500 --train_limit 8000 --progress False --seed 42 --lr 0.01)
 for task in ${TASKS:-sst2 rte}; do
   for plan in pt ld fr cr; do
     ds-prompt fpt --plan "$plan" --task "$task" --output_dir "$OUT/$task/$plan" "${COMMON[@]}"

@@ -6,12 +6,15 @@ checkpoint callbacks. The loss is summed on the device and only read at log step
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 
+from ds_prompt import dist
+from ds_prompt.errors import UserError
 from ds_prompt.faults import fault_point
 
 MicroBatches = Callable[[int], Iterable[tuple[dict, float]]]  # step -> (cpu batch with "labels", tokens)
@@ -21,7 +24,7 @@ def train_steps(engine, run, max_steps: int, cfg, log, micro_batches: MicroBatch
                 on_log: Callable, on_eval: Callable[[], None], on_save: Callable[[], None]) -> None:
     """Run steps `run.step` .. `max_steps`; `cfg` provides grad_accum, log_every, eval_every, save_every.
 
-    `on_log(loss_sum, tokens, t0)` reduces and logs one window and returns fresh (loss_sum, tokens, t0).
+    `on_log(loss_sum, tokens, elapsed_s)` logs one window (see `window_scalars`).
     """
     loss_sum, tokens, t0 = torch.zeros((), device=engine.device), 0.0, time.perf_counter()
     while run.step < max_steps:
@@ -37,9 +40,26 @@ def train_steps(engine, run, max_steps: int, cfg, log, micro_batches: MicroBatch
         run.step += 1
         log.advance(1)
         if run.step % cfg.log_every == 0 or run.step == max_steps:
-            loss_sum, tokens, t0 = on_log(loss_sum, tokens, t0)
+            on_log(loss_sum, tokens, time.perf_counter() - t0)
+            loss_sum, tokens, t0 = torch.zeros((), device=engine.device), 0.0, time.perf_counter()
         if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < max_steps:
             on_eval()
         if cfg.save_every and run.step % cfg.save_every == 0 and run.step < max_steps:
             on_save()
             fault_point("after_checkpoint", run.step)
+
+
+def window_scalars(engine, scheduler, cfg, step: int, loss_sum: torch.Tensor, tokens: float, elapsed: float,
+                   out: str) -> tuple[dict, float]:
+    """Reduce one log window across ranks (collective): (scalars, tokens of all ranks). The loss is the mean
+    per step over the window; a non-finite loss is a UserError (the last good checkpoint is kept)."""
+    window = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
+    stats = dist.all_reduce_sum(torch.tensor([loss_sum.item(), tokens], dtype=torch.float64))
+    loss = stats[0].item() / dist.world_size() / window
+    if not math.isfinite(loss):
+        raise UserError(f"training loss became {loss} by step {step} (lr {cfg.lr}): lower --lr or check "
+                        f"the data; the last good checkpoint (if any) in {out}/checkpoints is kept")
+    grad_norm = engine.get_global_grad_norm()
+    return {"loss": loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": stats[1].item() / elapsed,
+            "s_per_step": elapsed / window,
+            "grad_norm": float(grad_norm) if grad_norm is not None else None}, stats[1].item()

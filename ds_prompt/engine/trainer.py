@@ -7,9 +7,7 @@ update on the whole batch.
 """
 from __future__ import annotations
 
-import math
 import os
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -24,7 +22,7 @@ from ds_prompt.data.tasks import get_task
 from ds_prompt.engine import setup as ds_setup
 from ds_prompt.engine import state as ckpt
 from ds_prompt.engine.evaluate import evaluate
-from ds_prompt.engine.loop import train_steps
+from ds_prompt.engine.loop import train_steps, window_scalars
 from ds_prompt.engine.logging import RunLogger
 from ds_prompt.errors import UserError
 from ds_prompt.io import ensure_writable_dir, write_json
@@ -168,29 +166,17 @@ def _train_loop(ctx: _LoopContext, run: RunState, log: RunLogger) -> None:
 
     ctx.engine.train()  # PromptedModel.train keeps the frozen backbone in eval mode (no dropout)
     train_steps(ctx.engine, run, cfg.max_steps, cfg, log, micro_batches,
-                on_log=lambda loss_sum, tokens, t0: _log_train(ctx, run, log, loss_sum, tokens, t0),
+                on_log=lambda loss_sum, tokens, elapsed: _log_train(ctx, run, log, loss_sum, tokens, elapsed),
                 on_eval=on_eval, on_save=lambda: _save_checkpoint(ctx, run))
 
 
-def _log_train(ctx, run, log, loss_sum, tokens, t0):
-    """Reduce the window's loss/tokens across ranks, check finiteness, log. Returns fresh window counters."""
-    engine, cfg = ctx.engine, ctx.cfg
-    window = cfg.log_every if run.step % cfg.log_every == 0 else run.step % cfg.log_every
-    stats = dist.all_reduce_sum(torch.tensor([loss_sum.item(), tokens], dtype=torch.float64))
-    loss = stats[0].item() / dist.world_size() / window
-    elapsed = time.perf_counter() - t0
-    if not math.isfinite(loss):
-        raise UserError(f"training loss became {loss} by step {run.step} (lr {cfg.lr}): lower --lr or check "
-                        f"the data; the last good checkpoint (if any) in {ctx.out}/checkpoints is kept")
-    prompt = ctx.built.model.prompt.weight
-    grad_norm = engine.get_global_grad_norm()
-    values = {"loss": loss, "lr": ctx.scheduler.get_last_lr()[0], "tokens_per_s": stats[1].item() / elapsed,
-              "s_per_step": elapsed / window, "prompt_norm": ckpt.full_param(engine, prompt).norm().item(),
-              "grad_norm": float(grad_norm) if grad_norm is not None else None}
-    run.tokens += stats[1].item()
+def _log_train(ctx, run, log, loss_sum, tokens, elapsed) -> None:
+    values, all_tokens = window_scalars(ctx.engine, ctx.scheduler, ctx.cfg, run.step, loss_sum, tokens, elapsed,
+                                        ctx.out)
+    values["prompt_norm"] = ckpt.full_param(ctx.engine, ctx.built.model.prompt.weight).norm().item()
+    run.tokens += all_tokens
     log.scalars(run.step, values)
-    log.advance(0, loss=loss, tok_s=values["tokens_per_s"])
-    return torch.zeros((), device=engine.device), 0.0, time.perf_counter()
+    log.advance(0, loss=values["loss"], tok_s=values["tokens_per_s"])
 
 
 def _save_checkpoint(ctx: _LoopContext, run: RunState) -> None:

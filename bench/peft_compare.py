@@ -1,10 +1,12 @@
 """ds_prompt vs HF PEFT PromptTuning on the same model, data, batch size, lengths, prompt length and steps.
 
-    python -m bench.peft_compare --family mlm|causal|seq2seq [--quick] [--steps N] [--size small|base]
+    python -m bench.peft_compare --family mlm|causal|seq2seq [--quick] [--steps N] [--size tiny|small]
+                                 [--task sst2 --data_dir ../shared/data] [--rounds 4] [--standard_t5_path]
 
 Both train a prompt on the same frozen model copy (same weights), same task examples, same global batch size,
-max length, prompt length, optimizer (AdamW) and steps, in one process, alternating nothing: ds_prompt first,
-then PEFT, each after a warm-up step. Each system uses its own natural pipeline:
+max length, prompt length, optimizer (AdamW) and steps, in one process: one warm-up step each, then the timed
+steps in `--rounds` alternating chunks (ds_prompt, PEFT, PEFT, ds_prompt, ...) so that drift in the machine's
+speed hits both alike. Each system uses its own natural pipeline:
 - ds_prompt: the DeepSpeed engine (ZeRO-0), length-bucketed dynamic padding, label-word-only scoring;
 - PEFT: `get_peft_model(PromptTuningConfig)`, random batches with dynamic padding, the model's full-vocabulary
   logits (what PEFT computes), cross-entropy over the label-word ids at the scoring position.
@@ -20,6 +22,7 @@ import os
 import random
 import resource
 import time
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -52,11 +55,23 @@ def _data(task_name, data_dir, n_train, n_eval, seed):
     return task, load_examples(task, "train", data_dir, n_train, seed), load_examples(task, "eval", data_dir, n_eval, seed)
 
 
+def _status_mb(key: str) -> float | None:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """The process's peak RSS so far (VmHWM; getrusage where /proc is missing)."""
+    return _status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_ds_prompt(model, tok, family, task, train, evals, args):
+def prepare_ds_prompt(model, tok, family, task, train, evals, args):
+    """ds_prompt's own pipeline: (step(batch indices) -> tokens, its batches, evaluate() -> accuracy)."""
     from ds_prompt.builders import build_prompted
     from ds_prompt.data.encoding import BatchPlan, collate
     from ds_prompt.engine import setup
@@ -84,16 +99,12 @@ def run_ds_prompt(model, tok, family, task, train, evals, args):
         engine.step()
         return float(batch["attention_mask"].sum()) + args.prompt_length * len(idx)
 
-    step(batches[0])  # warm-up
-    t0, tokens = time.perf_counter(), 0.0
-    for idx in batches[1:]:
-        tokens += step(idx)
-    elapsed = time.perf_counter() - t0
-    acc = evaluate(engine, ev, 64, tok.pad_token_id, left, torch.device("cpu"))["accuracy"]
-    return {"tokens_per_s": tokens / elapsed, "s_per_step": elapsed / args.steps, "accuracy": acc}
+    return SimpleNamespace(step=step, batches=batches, model=built.model, evaluate=lambda: evaluate(
+        engine, ev, 64, tok.pad_token_id, left, torch.device("cpu"))["accuracy"])
 
 
-def run_peft(model, tok, family, task, train, evals, args):
+def prepare_peft(model, tok, family, task, train, evals, args):
+    """PEFT's pipeline: (step(batch indices) -> tokens, its batches, evaluate() -> accuracy)."""
     import peft
 
     from ds_prompt.data.encoding import TemplateEncoder, collate
@@ -145,17 +156,55 @@ def run_peft(model, tok, family, task, train, evals, args):
         batches += [order[s:s + args.batch_size] for s in range(0, len(order) - args.batch_size + 1, args.batch_size)]
     pm.train()
     model.eval()
-    step(batches[0])
-    t0, tokens = time.perf_counter(), 0.0
-    for idx in batches[1:args.steps + 1]:
-        tokens += step(idx)
-    elapsed = time.perf_counter() - t0
-    correct = 0
-    with torch.no_grad():
-        for s in range(0, len(ev), 64):
-            batch = collate(ev[s:s + 64], tok.pad_token_id, left)
-            correct += int((logits_of(batch).argmax(-1) == batch["labels"]).sum())
-    return {"tokens_per_s": tokens / elapsed, "s_per_step": elapsed / args.steps, "accuracy": correct / len(ev)}
+
+    def evaluate():
+        correct = 0
+        with torch.no_grad():
+            for s in range(0, len(ev), 64):
+                batch = collate(ev[s:s + 64], tok.pad_token_id, left)
+                correct += int((logits_of(batch).argmax(-1) == batch["labels"]).sum())
+        return correct / len(ev)
+    return SimpleNamespace(step=step, batches=batches[:args.steps + 1], model=pm, evaluate=evaluate)
+
+
+def saved_activation_mb(system, idx) -> float:
+    """MB of tensors autograd keeps for backward during one step (distinct storages, the model's own weights
+    excluded): the activation memory of a step, independent of the allocator and of the other system."""
+    weights = {p.untyped_storage().data_ptr() for p in system.model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        system.step(idx)
+    return sum(seen.values()) / 2**20
+
+
+def measure(systems: dict, steps: int, rounds: int) -> dict:
+    """One warm-up step each (its saved activations measured), then `rounds` chunks of steps/rounds steps per
+    system, alternating which system goes first, so drift in machine speed hits both alike. Per system:
+    tokens/s and s/step over all its timed steps, the process's peak RSS, and the activation MB of the first
+    step (the largest batch of its own order is not singled out: both take their first batch)."""
+    names = list(systems)
+    stats = {n: {"tokens": 0.0, "seconds": 0.0, "peak_rss_mb": 0.0} for n in names}
+    for n in names:
+        stats[n]["activation_mb"] = saved_activation_mb(systems[n], systems[n].batches[0])
+    bounds = [1 + steps * r // rounds for r in range(rounds + 1)]
+    for r in range(rounds):
+        for n in (names if r % 2 == 0 else names[::-1]):
+            t0, tokens = time.perf_counter(), 0.0
+            for idx in systems[n].batches[bounds[r]:bounds[r + 1]]:
+                tokens += systems[n].step(idx)
+            st = stats[n]
+            st["seconds"] += time.perf_counter() - t0
+            st["tokens"] += tokens
+            st["peak_rss_mb"] = max(st["peak_rss_mb"], _peak_rss_mb())
+    return {n: {"tokens_per_s": st["tokens"] / st["seconds"], "s_per_step": st["seconds"] / steps,
+                "peak_rss_mb": st["peak_rss_mb"], "activation_mb": st["activation_mb"],
+                "accuracy": systems[n].evaluate()} for n, st in stats.items()}
 
 
 def main(argv=None) -> dict:
@@ -173,7 +222,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--n_train", type=int, default=400)
     parser.add_argument("--n_eval", type=int, default=160)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=4, help="alternating timed chunks per system")
+    parser.add_argument("--standard_t5_path", action="store_true",
+                        help="ablation: ds_prompt without the factored one-query cross-attention (T5)")
     args = parser.parse_args(argv)
+    if args.standard_t5_path:
+        from ds_prompt.models import t5_step
+        t5_step._eligible = lambda attn: False
     if args.quick:
         args.size, args.steps, args.n_train, args.n_eval = "tiny", 8, 200, 64
     torch.manual_seed(args.seed)
@@ -183,14 +238,14 @@ def main(argv=None) -> dict:
     print(f"family={args.family} size={args.size} task={args.task} steps={args.steps} batch={args.batch_size} "
           f"prompt={args.prompt_length} max_length={args.max_length} torch={torch.__version__} "
           f"threads={torch.get_num_threads()}")
-    rss0 = _peak_rss_mb()
-    ours = run_ds_prompt(model, tok, args.family, task, train, evals, args)
-    ours["peak_rss_mb"] = _peak_rss_mb()
-    theirs = run_peft(peft_model, copy.deepcopy(tok), args.family, task, train, evals, args)
-    theirs["peak_rss_mb"] = _peak_rss_mb()
-    for name, r in (("ds_prompt", ours), ("peft", theirs)):
+    systems = {"ds_prompt": prepare_ds_prompt(model, tok, args.family, task, train, evals, args),
+               "peft": prepare_peft(peft_model, copy.deepcopy(tok), args.family, task, train, evals, args)}
+    results = measure(systems, args.steps, min(args.rounds, args.steps))
+    ours, theirs = results["ds_prompt"], results["peft"]
+    for name, r in results.items():
         print(f"{name:9s} tokens/s={r['tokens_per_s']:.1f} s/step={r['s_per_step']:.4f} "
-              f"accuracy={r['accuracy']:.4f} peak_rss_mb={r['peak_rss_mb']:.0f} (process start {rss0:.0f})")
+              f"accuracy={r['accuracy']:.4f} activation_mb={r['activation_mb']:.1f} "
+              f"peak_rss_mb={r['peak_rss_mb']:.0f} (process: both model copies resident)")
     ratio = ours["tokens_per_s"] / theirs["tokens_per_s"]
     print(f"s_per_step_ratio={theirs['s_per_step'] / ours['s_per_step']:.3f} (PEFT/ds_prompt)")
     print(f"tokens_per_s_ratio={ratio:.3f}")

@@ -141,7 +141,22 @@ def build_config(cls=TrainConfig, config: str | None = None, keep_none: bool = F
     for name in _NON_NEGATIVE:
         if hasattr(cfg, name) and getattr(cfg, name) < 0:
             raise UserError(f"--{name} must be >= 0, got {getattr(cfg, name)}")
+    if hasattr(cfg, "quantization") and hasattr(cfg, "model"):
+        check_quantization(cfg.model, cfg.quantization)
     return cfg
+
+
+def check_quantization(model: str, quantization: str | None) -> None:
+    """UserError unless `quantization` is none/int8/nf4 and applicable to `model` (bitsandbytes quantizes while
+    loading a checkpoint, so in-memory tiny:<arch> models cannot be quantized)."""
+    if quantization in (None, "none"):
+        return
+    if quantization not in ("int8", "nf4"):
+        raise UserError(f"unknown --quantization '{quantization}': use none, int8 or nf4")
+    if str(model).startswith("tiny:"):
+        raise UserError(f"--quantization {quantization} needs a model folder or hub name (bitsandbytes quantizes "
+                        f"while loading); '{model}' is built in memory: save it with save_pretrained() and pass "
+                        f"the folder")
 
 
 def config_dict(cfg) -> dict:

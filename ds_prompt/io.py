@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -33,12 +34,13 @@ def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside `path`; on success it is renamed onto `path` (file or directory)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    writer = f"{socket.gethostname()}-{os.getpid()}"  # unique also among nodes sharing a filesystem
+    tmp = path.parent / f".{path.name}.tmp-{writer}"
     _remove(tmp)
     try:
         yield tmp
         if tmp.is_dir() and path.is_dir():
-            old = path.parent / f".{path.name}.old-{os.getpid()}"
+            old = path.parent / f".{path.name}.old-{writer}"
             os.replace(path, old)
             os.replace(tmp, path)
             _remove(old)

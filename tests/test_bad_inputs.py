@@ -44,6 +44,8 @@ CASES = {
     "speedup missing prompt": (["transfer", "speedup", "--prompt", "{t}/none", "--task", "demo"], r"does not exist"),
     "spt evaluate no bank": (["spt", "evaluate", "{t}/nobank"], r"no bank"),
     "spt train unknown task": (["spt", "train", "--model", "tiny:bert", "--tasks", "nope"], r"unknown task 'nope'"),
+    "fpt quantized tiny": (["fpt", "--plan", "ld", "--model", "tiny:gpt2", "--quantization", "nf4"],
+                           r"--quantization nf4 needs a model folder"),
     "evaluate width mismatch": (["evaluate", "--prompt", "{t}/wide", "--model", "tiny:bert"],
                                 r"d=48 but the model expects 32"),
 }

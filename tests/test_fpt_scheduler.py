@@ -232,3 +232,61 @@ def test_linear_schedule_spans_the_whole_plan_not_each_stage(tmp_path):
     reset = [_stage_config(TrainConfig(scheduler="linear", reset_optimizer=True), tmp_path, i, plan)
              for i in range(len(plan.stages))]
     assert [s.schedule_steps for s in reset[1:]] == [st.steps for st in plan.stages[1:]]
+
+
+@pytest.mark.multiproc
+def test_fpt_across_two_loopback_nodes_resumes_after_one_node_dies(tmp_path):
+    """One scheduler per "node" (`--launcher "deepspeed --no_ssh --node_rank N ..."` on 127.0.0.1, one rank
+    each), sharing the output folder: every stage is one 2-rank job across both nodes. Node 1's rank dies right
+    after stage 1's step-8 checkpoint; both schedulers fail; the same two commands again skip stage 0, resume
+    stage 1 from step 8 on both nodes and end equal to a 1-node 2-rank run of the same plan."""
+    from tests.test_engine import free_port
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps({"stages": [{"depth": 1, "width": 0.5, "steps": 6}, {"steps": 6}]}))
+    _save_model(tmp_path / "model")
+    one_node = _fpt_command(plan_file, tmp_path / "one_node") + ["--launcher", TORCHRUN]
+    proc = subprocess.run(one_node, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("nodeA slots=1\nnodeB slots=1\n")
+    out = tmp_path / "two_nodes"
+
+    def both_nodes(fault_on_node1=None):
+        port = free_port()
+        procs = []
+        for node in (0, 1):
+            launcher = (f"deepspeed --hostfile {hostfile} --no_ssh --node_rank {node} --master_addr 127.0.0.1 "
+                        f"--master_port {port}")
+            env = _env(DS_PROMPT_FAULT=fault_on_node1) if (node == 1 and fault_on_node1) else _env()
+            procs.append(subprocess.Popen(_fpt_command(plan_file, out) + ["--launcher", launcher], cwd=REPO,
+                                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                          start_new_session=True))
+        results = []
+        for p in procs:
+            try:
+                _, err = p.communicate(timeout=400)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                _, err = p.communicate()
+            results.append((p.returncode, err))
+        return results
+
+    (code0, err0), (code1, err1) = both_nodes(fault_on_node1="after_checkpoint:8")
+    assert code0 != 0 and code1 != 0, (err0[-2000:], err1[-2000:])
+    assert "re-run the same command" in err0 and "re-run the same command" in err1
+    assert (out / "stage_1" / "checkpoints" / "latest").read_text().strip() == "step_0000008"
+    assert set(json.loads((out / "fpt_ledger.json").read_text())["stages"]) == {"0"}
+    assert not _wait_until_gone(str(out), 60), "no stage process outlives its failed schedulers"
+
+    (code0, err0), (code1, err1) = both_nodes()
+    assert (code0, code1) == (0, 0), (err0[-3000:], err1[-3000:])
+    for err in (err0, err1):
+        assert "stage 0 finished earlier" in err
+    assert "stage_1/checkpoints at step 8" in err0, err0[-3000:]
+    assert "node 1: all 2 stages done" in err1
+    report = json.loads((out / "fpt_report.json").read_text())
+    assert [s["world_size"] for s in report["stages"]] == [2, 2]
+    want = load_file(str(tmp_path / "one_node" / "prompt.safetensors"))["prompt"]
+    got = load_file(str(out / "prompt.safetensors"))["prompt"]
+    assert torch.equal(got, want), "2 nodes x 1 rank (interrupted) == 1 node x 2 ranks, bitwise"
+    assert not _processes_mentioning(str(out))

@@ -102,3 +102,53 @@ def test_train_mode_never_reaches_the_frozen_backbone():
     model.train()
     assert model.training and model.prompt.training
     assert not any(m.training for m in model.backbone.modules())
+
+
+@pytest.mark.parametrize("arch", ["t5", "t5_gated"])
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_t5_factored_cross_attention_equals_the_standard_path(arch, checkpointing, monkeypatch):
+    """The one-query cross-attention (keys/values never projected) is used in every decoder layer and gives
+    the HF path's logits and prompt gradient on a padded batch, also when backward recomputes the layers
+    (activation checkpointing)."""
+    from ds_prompt.models import t5_step
+    from ds_prompt.models.checkpointing import enable_activation_checkpointing
+    bb, model, enc = prompted_tiny(arch)
+    decoder = bb.model.get_decoder()
+    assert all(type(b.layer[1].EncDecAttention).__name__.startswith("Factored") for b in decoder.block)
+    if checkpointing:
+        enable_activation_checkpointing(bb.model)
+    _, batch = batch_of(bb, enc, SENTENCES, labels=[0, 1, 2, 0])
+    args = (batch["input_ids"], batch["attention_mask"], batch["score_index"])
+    calls = []
+    real = t5_step.one_query_cross_attention
+    monkeypatch.setattr(t5_step, "one_query_cross_attention", lambda *a: calls.append(1) or real(*a))
+    model.train()
+
+    def logits_and_grad():
+        model.zero_grad()
+        logits = model(*args)
+        F.cross_entropy(logits, batch["labels"]).backward()
+        return logits.detach(), model.prompt.weight.grad.clone()
+
+    fast = logits_and_grad()
+    assert len(calls) == len(decoder.block) * (2 if checkpointing else 1)
+    monkeypatch.setattr(t5_step, "_eligible", lambda attn: False)
+    standard = logits_and_grad()
+    assert len(calls) == len(decoder.block) * (2 if checkpointing else 1), "the standard path was not taken"
+    torch.testing.assert_close(fast[0], standard[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast[1], standard[1], atol=1e-6, rtol=1e-5)
+
+
+def test_t5_factored_cross_attention_skips_partitioned_and_quantized_projections():
+    from ds_prompt.models import t5_step
+    bb, _, _ = prompted_tiny("t5")
+    attn = bb.model.get_decoder().block[0].layer[1].EncDecAttention
+    assert t5_step._eligible(attn)
+    attn.k.weight.ds_id = 0  # what ZeRO-3 marks a partitioned parameter with
+    assert not t5_step._eligible(attn)
+    del attn.k.weight.ds_id
+
+    class QuantLinear(torch.nn.Linear):  # bitsandbytes layers subclass nn.Linear
+        pass
+    attn.v = QuantLinear(attn.v.in_features, attn.v.out_features, bias=False)
+    assert not t5_step._eligible(attn)

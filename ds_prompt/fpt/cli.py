@@ -7,7 +7,8 @@ from ds_prompt.errors import UserError
 
 
 def fpt(plan: str, config: str | None = None, launcher: str | None = None, reset_optimizer: bool | None = None,
-        score_samples: int = 1000, retries: int = 0, backward: str = "activations", **flags) -> None:
+        score_samples: int = 1000, retries: int = 0, backward: str = "activations", node_rank: int | None = None,
+        **flags) -> None:
     """Fast Prompt Tuning: train the prompt through a plan of partial models, each stage its own DeepSpeed job.
 
     --plan ld | fr | cr | pt (the paper's schedules scaled to --max_steps) or a JSON/YAML plan file of stages
@@ -17,17 +18,29 @@ def fpt(plan: str, config: str | None = None, launcher: str | None = None, reset
     Python, 1 rank). --reset_optimizer: at each expansion keep only the prompt (fresh optimizer and schedule;
     ablation). --score_samples N: training samples for FFN neuron scores (mean |activation| with the prompt
     at the first width-reduced stage). --retries N: re-launch a failed stage N times. --backward
-    activations|standard: FLOPs convention of the report. All train flags apply (--model --task --data_dir
-    --output_dir --batch_size --lr --deepspeed ...; see `ds-prompt train --help`); with a plan file the
-    total steps are the plan's. Writes D/stage_<k>/ runs, D/fpt_ledger.json, D/fpt_report.json
-    (flops_fraction, per-stage list), D/tb and the final prompt. Re-running the same command resumes.
+    activations|standard: FLOPs convention of the report. --node_rank N: with a per-node launcher
+    ("deepspeed --hostfile H --no_ssh --node_rank N --master_addr A --master_port P", torchrun --node_rank N;
+    a fixed port, not {free_port}) run this same command on every node, sharing --output_dir; node 0 keeps
+    the ledger and writes the report (default: the launcher's --node_rank, else 0). All train flags apply
+    (--model --task --data_dir --output_dir --batch_size --lr --deepspeed ...; see `ds-prompt train --help`);
+    with a plan file the total steps are the plan's. Writes D/stage_<k>/ runs, D/fpt_ledger.json,
+    D/fpt_report.json (flops_fraction, per-stage list), D/tb and the final prompt. Re-running the same command resumes.
     """
     from ds_prompt.config import TrainConfig, build_config
     from ds_prompt.fpt.plan import PRESETS, load_plan
-    from ds_prompt.fpt.scheduler import run_fpt
-    for name, value, low in (("score_samples", score_samples, 1), ("retries", retries, 0)):
+    from ds_prompt.fpt.scheduler import launcher_node_rank, run_fpt
+    named = launcher_node_rank(launcher)
+    node_rank = named if node_rank is None else node_rank
+    node_rank = 0 if node_rank is None else node_rank
+    for name, value, low in (("score_samples", score_samples, 1), ("retries", retries, 0),
+                             ("node_rank", node_rank, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise UserError(f"--{name} {value!r} must be an integer >= {low}")
+    if named is not None and named != node_rank:
+        raise UserError(f"--node_rank {node_rank} differs from the launcher's --node_rank {named}: give one")
+    if named is not None and "{free_port}" in launcher:
+        raise UserError("--launcher is per node (--node_rank) but uses {free_port}: every node's launcher needs "
+                        "the same fixed --master_port")
     cfg = build_config(TrainConfig, config, reset_optimizer=reset_optimizer, **flags)
     if cfg.init_state:
         raise UserError("fpt chains its stages' states itself: drop --init_state (start from a trained prompt "
@@ -38,7 +51,7 @@ def fpt(plan: str, config: str | None = None, launcher: str | None = None, reset
         raise UserError(f"--max_steps {flags['max_steps']} differs from the {stages.total_steps} steps of plan "
                         f"'{plan}': drop --max_steps or edit the plan")
     cfg = dataclasses.replace(cfg, max_steps=stages.total_steps)
-    run_fpt(cfg, stages, launcher, score_samples, retries, backward)
+    run_fpt(cfg, stages, launcher, score_samples, retries, backward, node_rank)
 
 
 def _validate_before_launch(cfg) -> None:

@@ -16,6 +16,7 @@ Re-running the same command skips finished stages; an unfinished stage resumes f
     <launcher tokens> (-m | --module) ds_prompt.cli fpt_stage --stage_file D/stage_<k>/fpt_job.json
 in its own process group, which is killed if the scheduler is interrupted and receives SIGTERM if the
 scheduler dies (Linux PR_SET_PDEATHSIG on the launcher process), so no stage outlives its scheduler.
+With per-node launchers (no ssh) one scheduler runs on every node (see `run_fpt`); node 0 writes the ledger.
 """
 from __future__ import annotations
 
@@ -201,12 +202,27 @@ class Ledger:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise UserError(f"FPT ledger {path} is unreadable ({exc}): delete {path.parent} to start over") from None
+        cls._check_identity(path, data, identity)
+        return cls(path, data)
+
+    @classmethod
+    def check(cls, path: Path, plan: StagePlan, cfg: TrainConfig) -> None:
+        """For a follower node: the ledger node 0 keeps, if already there, must be this run's (read only)."""
+        if path.exists():
+            identity = {"plan": _plan_identity(plan), "train": _fingerprint(cfg)}
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                return  # being replaced by node 0 right now; node 0 validates it
+            cls._check_identity(path, data, identity)
+
+    @staticmethod
+    def _check_identity(path: Path, data: dict, identity: dict) -> None:
         for key, value in identity.items():
             if data.get(key) != value:
                 what = _first_difference(data.get(key), value)
                 raise UserError(f"{path.parent} holds an FPT run with different {what}: pass the same --plan and "
                                 f"flags to resume it, or a new --output_dir")
-        return cls(path, data)
 
     def save(self) -> None:
         write_json(self.path, self.data)
@@ -252,6 +268,20 @@ def _free_port() -> int:
 
 def _is_distributed(tokens: list[str]) -> bool:
     return any(Path(t).name in _DIST_LAUNCHERS for t in tokens)
+
+
+def launcher_node_rank(launcher: str | None) -> int | None:
+    """The `--node_rank N` a per-node launcher command names (deepspeed --no_ssh, torchrun), else None."""
+    tokens = shlex.split(launcher or "")
+    for i, token in enumerate(tokens):
+        value = token.split("=", 1)[1] if token.startswith("--node_rank=") else (
+            tokens[i + 1] if token == "--node_rank" and i + 1 < len(tokens) else None)
+        if value is not None:
+            try:
+                return int(value)
+            except ValueError:
+                raise UserError(f"--launcher gives --node_rank {value!r}: it must be an integer") from None
+    return None
 
 
 def stage_command(launcher: str | None, job_file: Path) -> list[str]:
@@ -427,31 +457,44 @@ def _say(text: str) -> None:
 
 
 def run_fpt(cfg: TrainConfig, plan: StagePlan, launcher: str | None = None, score_samples: int = 1000,
-            retries: int = 0, backward: str = "activations") -> dict:
+            retries: int = 0, backward: str = "activations", node_rank: int = 0) -> dict:
     """Run (or resume) every stage of `plan`; returns the report also written to D/fpt_report.json.
 
     `launcher` is the default stage launcher (a stage's own `launcher` in the plan wins, then this, then the
     plan's top-level one, then plain Python); `retries` re-launches a failed stage that many times (it
     resumes from its checkpoint). UserError if a stage still fails: re-running the command resumes it.
+
+    Per-node launchers (`deepspeed --no_ssh --node_rank N`, `torchrun --node_rank N`) need one scheduler per
+    node, all with the same command and a shared D. Node 0 keeps the ledger and writes the report and the
+    final prompt; a scheduler with `node_rank` > 0 follows: it starts its node's part of every unfinished
+    stage and reads the outcome from D. Both decide "finished" by the same test (the stage's metrics.json
+    reached its last step), so after any crash the re-run schedulers skip the same stages and meet in the
+    same stage job.
     """
     if backward not in BACKWARD_CONVENTIONS:
         raise UserError(f"--backward '{backward}' is unknown: use one of {', '.join(BACKWARD_CONVENTIONS)}")
     root = Path(cfg.resolved_output_dir())
     ensure_writable_dir(root)
-    ledger = Ledger.open(root / LEDGER, plan, cfg)
+    leader = node_rank == 0
+    ledger = Ledger.open(root / LEDGER, plan, cfg) if leader else Ledger.check(root / LEDGER, plan, cfg)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     try:
         for index, stage in enumerate(plan.stages):
-            if ledger.finished(index):
-                _say(f"stage {index} finished earlier (ledger {root / LEDGER}): skipped")
-                continue
             stage_launcher = stage.launcher or launcher or plan.launcher
-            _run_stage_job(cfg, root, plan, index, stage_launcher, score_samples, retries, ledger)
-            ledger.finish(index, _stage_record(cfg, plan, index, stage_launcher, ledger.wall_s(index), backward))
+            if (leader and ledger.finished(index)) or _stage_complete(stage_dir(root, index),
+                                                                     _stage_config(cfg, root, index, plan).max_steps):
+                _say(f"stage {index} finished earlier: skipped")
+            else:
+                _run_stage_job(cfg, root, plan, index, stage_launcher, score_samples, retries, ledger)
+            if leader and not ledger.finished(index):
+                ledger.finish(index, _stage_record(cfg, plan, index, stage_launcher, ledger.wall_s(index), backward))
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
+    if not leader:
+        _say(f"node {node_rank}: all {len(plan.stages)} stages done; node 0 writes the report ({root / REPORT})")
+        return {"node_rank": node_rank, "stages": len(plan.stages), "total_steps": plan.total_steps}
     records = [ledger.finished(i) for i in range(len(plan.stages))]
     report = build_report(plan, records, backward, cfg.reset_optimizer)
     write_json(root / REPORT, report)
@@ -463,28 +506,37 @@ def run_fpt(cfg: TrainConfig, plan: StagePlan, launcher: str | None = None, scor
 
 
 def _run_stage_job(cfg, root: Path, plan: StagePlan, index: int, launcher: str | None, score_samples: int,
-                   retries: int, ledger: Ledger) -> None:
+                   retries: int, ledger: "Ledger | None") -> None:
     stage = plan.stages[index]
     stage_cfg = _stage_config(cfg, root, index, plan)
     out = stage_dir(root, index)
     out.mkdir(parents=True, exist_ok=True)
     job = StageJob(index, config_dict(stage_cfg), stage.depth, stage.width, str(root / SCORES), score_samples)
-    job.save(out / JOB_FILE)
+    job.save(out / JOB_FILE)  # every node writes the same job (atomically): no node waits for another
     for attempt in range(retries + 1):
         command = stage_command(launcher, out / JOB_FILE)
         end = plan.end_steps()[index]
         _say(f"stage {index}: depth {stage.depth}, width {stage.width}, steps {end - stage.steps}->{end} "
              f"(attempt {attempt + 1}): {shlex.join(command)}")
         returncode, wall = run_job(command)
-        ledger.attempt(index, wall, returncode)
-        if returncode == 0 and _stage_complete(out, stage_cfg.max_steps):
+        if ledger is not None:
+            ledger.attempt(index, wall, returncode)
+        if returncode == 0 and _stage_complete(out, stage_cfg.max_steps, wait_s=0 if ledger else 60):
             return
     raise UserError(f"stage {index} failed (exit status {returncode}); finished stages and its checkpoints are "
                     f"kept: re-run the same command to resume stage {index} from its last checkpoint")
 
 
-def _stage_complete(out: Path, max_steps: int) -> bool:
-    try:
-        return json.loads((out / "metrics.json").read_text())["steps"] == max_steps
-    except (OSError, ValueError, KeyError):
-        return False
+def _stage_complete(out: Path, max_steps: int, wait_s: float = 0.0) -> bool:
+    """The stage's run reached its last step (its metrics.json, written by global rank 0 before the job's
+    final barrier). `wait_s`: on another node, a shared filesystem may show the file a little later."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            if json.loads((out / "metrics.json").read_text())["steps"] == max_steps:
+                return True
+        except (OSError, ValueError, KeyError):
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(1.0)

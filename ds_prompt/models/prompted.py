@@ -7,6 +7,7 @@ from torch import nn
 from ds_prompt.models.family import Family
 from ds_prompt.models.heads import (LabelWordHead, LinearHead, SimilarityHead, head_transform, mean_pool)
 from ds_prompt.models.soft_prompt import SoftPrompt, prepend_prompt
+from ds_prompt.models.t5_step import use_factored_cross_attention
 
 
 def causal_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -28,6 +29,8 @@ class PromptedModel(nn.Module):
         self.prompt = prompt
         self.head = head
         self._transform = head_transform(backbone, family) if isinstance(head, LabelWordHead) else None
+        if family is Family.SEQ2SEQ:  # one decoder query: cross-attention without projecting the encoder
+            use_factored_cross_attention(backbone.get_decoder())
 
     def train(self, mode: bool = True) -> "PromptedModel":
         """Train mode for the prompt/head only: the frozen backbone always stays in eval mode (no dropout),

@@ -28,7 +28,12 @@ def main():
         from ds_prompt.models.ffn import layer_stacks
         for stack in layer_stacks(ctx.backbone.model):  # compare under the original parameter names
             stack.replace([m.layer if isinstance(m, CheckpointedLayer) else m for m in stack.layers])
-        ref = dict(load_backbone(cfg.model, family=cfg.family, dtype="fp32").model.named_parameters())
+        ref = dict(load_backbone(cfg.model, family=cfg.family, dtype="fp32",
+                                 quantization=cfg.quantization).model.named_parameters())
+        quantized = [p for p in ctx.backbone.model.parameters() if type(p).__name__ in ("Int8Params", "Params4bit")]
+        captured["quantized_params"] = len(quantized)
+        captured["quantized_partitioned"] = bool(quantized) and all(
+            p.data.numel() == 0 and getattr(p, "ds_numel", 0) > 0 for p in quantized)
         unchanged = True
         for name, p in ctx.backbone.model.named_parameters():
             with gathered(p):

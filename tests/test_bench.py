@@ -14,10 +14,11 @@ pytest.importorskip("peft")
 
 @pytest.mark.parametrize("family", ["mlm", "causal", "seq2seq"])
 def test_peft_compare_quick_prints_the_ratio_line(family):
+    env = dict(os.environ, DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):  # set by in-process tests
+        env.pop(key, None)
     proc = subprocess.run([sys.executable, "-m", "bench.peft_compare", "--family", family, "--quick"], cwd=REPO,
-                          capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
-                                   PYTHONPATH=REPO))
+                          capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     pattern = (r"(ds_prompt|peft)\s+tokens/s=([\d.]+) s/step=([\d.]+) accuracy=([\d.]+) activation_mb=([\d.]+) "

@@ -190,6 +190,25 @@ def test_killed_stage_and_killed_scheduler_resume_to_the_uninterrupted_prompt(un
     assert not _processes_mentioning(str(out))
 
 
+@pytest.mark.multiproc
+def test_scheduler_killed_between_stages_resumes_at_the_next_stage(uninterrupted, plan_file, tmp_path):
+    """The scheduler hard-exits right after stage 0 is in the ledger, before stage 1 starts; the same command
+    again skips stage 0 and ends bitwise equal to the uninterrupted run (same plan, same world sizes)."""
+    out = tmp_path / "cut"
+    _save_model(tmp_path / "model")
+    crashed = _fpt(plan_file, out, check=False, DS_PROMPT_FAULT="between_stages:0")
+    assert crashed.returncode == 17, crashed.stderr[-3000:]
+    assert set(json.loads((out / "fpt_ledger.json").read_text())["stages"]) == {"0"}
+    assert not (out / "stage_1").exists() and not (out / "prompt.safetensors").exists()
+    assert not _wait_until_gone(str(out), 30)
+    resumed = _fpt(plan_file, out)
+    assert "stage 0 finished earlier" in resumed.stderr
+    ledger = json.loads((out / "fpt_ledger.json").read_text())
+    assert len(ledger["attempts"]["0"]) == 1 and len(ledger["attempts"]["1"]) == 1
+    want = load_file(str(uninterrupted / "prompt.safetensors"))["prompt"]
+    assert torch.equal(load_file(str(out / "prompt.safetensors"))["prompt"], want)
+
+
 def test_rerun_with_another_plan_is_refused(plan_file, tmp_path):
     from ds_prompt.fpt.plan import load_plan
     from ds_prompt.fpt.scheduler import Ledger
@@ -217,6 +236,21 @@ def test_fpt_cli_rejects_conflicting_flags(plan_file, tmp_path):
         fpt(str(plan_file), output_dir=str(tmp_path), max_steps=5)
     with pytest.raises(UserError, match="score_samples"):
         fpt("ld", output_dir=str(tmp_path), score_samples=0)
+    with pytest.raises(UserError, match="same fixed --master_port"):
+        fpt("ld", output_dir=str(tmp_path), launcher="deepspeed --no_ssh --node_rank 1 --master_port {free_port}")
+    with pytest.raises(UserError, match="--node_rank 0 differs from the launcher's --node_rank 1"):
+        fpt("ld", output_dir=str(tmp_path), launcher="torchrun --node_rank=1 --master_port 29500", node_rank=0)
+    assert not any(tmp_path.iterdir()), "refused before writing anything"
+
+
+def test_node_rank_is_read_from_per_node_launchers():
+    from ds_prompt.fpt.scheduler import launcher_node_rank
+    assert launcher_node_rank("deepspeed --hostfile H --no_ssh --node_rank 3 --master_port 1") == 3
+    assert launcher_node_rank("torchrun --nnodes 2 --node_rank=1 --master_port 1") == 1
+    assert launcher_node_rank("torchrun --nproc_per_node 2 --master_port {free_port}") is None
+    assert launcher_node_rank(None) is None
+    with pytest.raises(UserError, match="must be an integer"):
+        launcher_node_rank("torchrun --node_rank $NODE")
 
 
 def test_linear_schedule_spans_the_whole_plan_not_each_stage(tmp_path):

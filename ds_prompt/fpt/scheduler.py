@@ -41,6 +41,7 @@ import torch
 from ds_prompt import dist
 from ds_prompt.config import TrainConfig, build_config, config_dict
 from ds_prompt.errors import UserError
+from ds_prompt.faults import fault_point
 from ds_prompt.fpt.flops import BACKWARD_CONVENTIONS, LengthStats, ModelShape, step_flops
 from ds_prompt.fpt.partial import PartialModelSpec, apply_partial, neuron_scores
 from ds_prompt.fpt.plan import StagePlan
@@ -489,6 +490,7 @@ def run_fpt(cfg: TrainConfig, plan: StagePlan, launcher: str | None = None, scor
                 _run_stage_job(cfg, root, plan, index, stage_launcher, score_samples, retries, ledger)
             if leader and not ledger.finished(index):
                 ledger.finish(index, _stage_record(cfg, plan, index, stage_launcher, ledger.wall_s(index), backward))
+            fault_point("between_stages", index)
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)

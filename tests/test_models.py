@@ -139,6 +139,25 @@ def test_t5_factored_cross_attention_equals_the_standard_path(arch, checkpointin
     torch.testing.assert_close(fast[1], standard[1], atol=1e-6, rtol=1e-5)
 
 
+def test_t5_factored_cross_attention_reads_the_eager_additive_mask(monkeypatch):
+    """Eager attention hands the layer an additive float mask (SDPA a boolean one, or None): same logits."""
+    from ds_prompt.models import t5_step
+    bb, model, enc = prompted_tiny("t5")
+    bb.model.set_attn_implementation("eager")
+    _, batch = batch_of(bb, enc, SENTENCES)
+    args = (batch["input_ids"], batch["attention_mask"], batch["score_index"])
+    seen = []
+    real = t5_step.one_query_cross_attention
+    monkeypatch.setattr(t5_step, "one_query_cross_attention",
+                        lambda a, h, e, m: seen.append(m.dtype) or real(a, h, e, m))
+    with torch.no_grad():
+        fast = model(*args)
+        monkeypatch.setattr(t5_step, "_eligible", lambda attn: False)
+        standard = model(*args)
+    assert seen and seen[0] == torch.float32
+    torch.testing.assert_close(fast, standard, atol=1e-5, rtol=1e-5)
+
+
 def test_t5_factored_cross_attention_skips_partitioned_and_quantized_projections():
     from ds_prompt.models import t5_step
     bb, _, _ = prompted_tiny("t5")

@@ -186,8 +186,8 @@ def saved_activation_mb(system, idx) -> float:
 def measure(systems: dict, steps: int, rounds: int) -> dict:
     """One warm-up step each (its saved activations measured), then `rounds` chunks of steps/rounds steps per
     system, alternating which system goes first, so drift in machine speed hits both alike. Per system:
-    tokens/s and s/step over all its timed steps, the process's peak RSS, and the activation MB of the first
-    step (the largest batch of its own order is not singled out: both take their first batch)."""
+    tokens/s and s/step over all its timed steps, the process's peak RSS, and the activation MB of its first
+    step (each system's own first batch)."""
     names = list(systems)
     stats = {n: {"tokens": 0.0, "seconds": 0.0, "peak_rss_mb": 0.0} for n in names}
     for n in names:

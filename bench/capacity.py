@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench._memory import peak_rss_mib, status_mib
 
 DEFAULT_WORKDIR = "/tmp/ds_prompt_capacity"
 
@@ -116,7 +117,7 @@ def one_size(size: float, seq: int, batch: int, checkpointing: bool, quantizatio
     examples = load_examples(get_task("demo"), "train", None, limit=batch)
     b = collate([built.encoder.encode(e) for e in examples], tok.pad_token_id, True)
     opt = torch.optim.AdamW([built.model.prompt.weight], lr=1e-3)
-    loaded_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    loaded_peak = peak_rss_mib() / 1024
     t0 = time.perf_counter()
     loss = F.cross_entropy(built.model(b["input_ids"], b["attention_mask"], b["score_index"]), b["labels"])
     loss.backward()
@@ -125,19 +126,12 @@ def one_size(size: float, seq: int, batch: int, checkpointing: bool, quantizatio
     grad_ok = bool(torch.isfinite(built.model.prompt.weight.grad).all())
     return {"size_b": size, "params": params, "step_s": elapsed, "grad_finite": grad_ok,
             "grad_dtype": str(built.model.prompt.weight.grad.dtype), "quantization": quantization,
-            "load_peak_rss_gib": loaded_peak, "anon_rss_gib": _anon_rss_gib(),
-            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+            "load_peak_rss_gib": loaded_peak, "anon_rss_gib": _gib(status_mib("RssAnon")),
+            "peak_rss_gib": peak_rss_mib() / 1024}
 
 
-def _anon_rss_gib() -> float | None:
-    """Resident anonymous memory now (excludes file pages, e.g. checkpoint shards still mapped)."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return None
+def _gib(mib: float | None) -> float | None:
+    return None if mib is None else mib / 1024
 
 
 def _logical_numel(p) -> int:

@@ -20,12 +20,13 @@ import argparse
 import copy
 import os
 import random
-import resource
 import time
 from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+
+from bench._memory import peak_rss_mib
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -53,21 +54,6 @@ def _data(task_name, data_dir, n_train, n_eval, seed):
     from ds_prompt.data.tasks import get_task
     task = get_task(task_name)
     return task, load_examples(task, "train", data_dir, n_train, seed), load_examples(task, "eval", data_dir, n_eval, seed)
-
-
-def _status_mb(key: str) -> float | None:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _peak_rss_mb() -> float:
-    """The process's peak RSS so far (VmHWM; getrusage where /proc is missing)."""
-    return _status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def prepare_ds_prompt(model, tok, family, task, train, evals, args):
@@ -201,7 +187,7 @@ def measure(systems: dict, steps: int, rounds: int) -> dict:
             st = stats[n]
             st["seconds"] += time.perf_counter() - t0
             st["tokens"] += tokens
-            st["peak_rss_mb"] = max(st["peak_rss_mb"], _peak_rss_mb())
+            st["peak_rss_mb"] = max(st["peak_rss_mb"], peak_rss_mib())
     return {n: {"tokens_per_s": st["tokens"] / st["seconds"], "s_per_step": st["seconds"] / steps,
                 "peak_rss_mb": st["peak_rss_mb"], "activation_mb": st["activation_mb"],
                 "accuracy": systems[n].evaluate()} for n, st in stats.items()}

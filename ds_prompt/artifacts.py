@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ds_prompt.errors import UserError
-from ds_prompt.io import atomic_path, write_json
+from ds_prompt.io import atomic_path, write_json, write_tensors
 
 FORMAT = "ds_prompt.prompt/1"
 PROMPT_FILE, META_FILE = "prompt.safetensors", "prompt.json"
@@ -28,12 +28,9 @@ def save_prompt(output_dir: str | os.PathLike, prompt: torch.Tensor, meta: dict,
                 extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
     """Write the artifact folder atomically (both files appear together)."""
     out = Path(output_dir)
-    tensors = {"prompt": prompt.detach().float().cpu().contiguous()}
-    tensors.update({k: v.detach().float().cpu().contiguous() for k, v in (extra_tensors or {}).items()})
-    meta = dict(meta, format=FORMAT, prompt_length=tensors["prompt"].shape[0], d_model=tensors["prompt"].shape[1])
+    meta = dict(meta, format=FORMAT, prompt_length=prompt.shape[0], d_model=prompt.shape[1])
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / PROMPT_FILE) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT})
+    write_tensors(out / PROMPT_FILE, {"prompt": prompt, **(extra_tensors or {})}, metadata={"format": FORMAT})
     write_json(out / META_FILE, meta)
     return out
 

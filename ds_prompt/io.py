@@ -29,6 +29,14 @@ def write_json(path: str | os.PathLike, obj) -> None:
         Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def write_tensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """Write `tensors` as fp32 CPU safetensors at `path`, atomically (never unpickled when read back)."""
+    from safetensors.torch import save_file
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata=metadata)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside `path`; on success it is renamed onto `path` (file or directory)."""

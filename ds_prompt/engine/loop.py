@@ -8,16 +8,27 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 
 from ds_prompt import dist
+from ds_prompt.config import config_dict
+from ds_prompt.engine import state as ckpt
 from ds_prompt.errors import UserError
 from ds_prompt.faults import fault_point
 
 MicroBatches = Callable[[int], Iterable[tuple[dict, float]]]  # step -> (cpu batch with "labels", tokens)
+
+
+@dataclass
+class LoopState:
+    """What the loop carries between steps and a checkpoint restores; recipes add their pre-training eval."""
+    step: int = 0
+    history: list = field(default_factory=list)
+    tokens: float = 0.0
 
 
 def train_steps(engine, run, max_steps: int, cfg, log, micro_batches: MicroBatches,
@@ -63,3 +74,26 @@ def window_scalars(engine, scheduler, cfg, step: int, loss_sum: torch.Tensor, to
     return {"loss": loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": stats[1].item() / elapsed,
             "s_per_step": elapsed / window,
             "grad_norm": float(grad_norm) if grad_norm is not None else None}, stats[1].item()
+
+
+def log_window(engine, scheduler, cfg, run: LoopState, log, loss_sum: torch.Tensor, tokens: float, elapsed: float,
+               out: str, extra: dict | None = None) -> None:
+    """Reduce one log window (collective; see `window_scalars`), count its tokens into `run`, and write the
+    scalars (plus the recipe's `extra` ones) to TensorBoard and the progress bar."""
+    values, all_tokens = window_scalars(engine, scheduler, cfg, run.step, loss_sum, tokens, elapsed, out)
+    values.update(extra or {})
+    run.tokens += all_tokens
+    log.scalars(run.step, values)
+    log.advance(0, loss=values["loss"], tok_s=values["tokens_per_s"])
+
+
+def save_run_checkpoint(engine, scheduler, cfg, run: LoopState, out: str, meta: dict) -> None:
+    """Consolidate the trainable state (collective), refuse non-finite parameters, write it atomically from
+    rank 0. `meta`: the recipe's own entries besides history, tokens, world size and config."""
+    tensors, full_meta = ckpt.gather_state(engine, scheduler, run.step, dict(
+        meta, history=run.history, tokens=run.tokens, world_size=dist.world_size(), config=config_dict(cfg)))
+    if not all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("param/")):
+        raise UserError(f"trainable parameters became non-finite by step {run.step}: lower --lr "
+                        f"(the previous checkpoint is kept)")
+    dist.on_rank0(ckpt.save_checkpoint, out, tensors, full_meta, cfg.keep_checkpoints)
+    dist.barrier()

@@ -69,6 +69,25 @@ def load_ds_config(name_or_path: str | None) -> dict:
     return config
 
 
+def start_run(out: str, seed: int) -> str:
+    """Every rank: join the process group, have rank 0 create `out` (UserError if unwritable) before anyone
+    goes on, and seed torch. Returns `out`."""
+    from ds_prompt import dist
+    from ds_prompt.io import ensure_writable_dir
+    init_distributed()
+    dist.on_rank0(ensure_writable_dir, out)
+    dist.barrier()
+    torch.manual_seed(seed)
+    return out
+
+
+def ds_config_for(cfg) -> dict:
+    """The DeepSpeed config `cfg.deepspeed` names, filled from the run's batch/accumulation/clipping flags."""
+    from ds_prompt import dist
+    return fill_ds_config(load_ds_config(cfg.deepspeed), cfg.batch_size, cfg.grad_accum, cfg.grad_clip,
+                          dist.world_size())
+
+
 def fill_ds_config(config: dict, batch_size: int, grad_accum: int, grad_clip: float, world: int) -> dict:
     """Set the batch/accumulation/clipping entries from the run flags (flags are the single source)."""
     if batch_size % (world * grad_accum):

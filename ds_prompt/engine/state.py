@@ -192,6 +192,13 @@ def restore_scheduler(scheduler, state: dict) -> None:
         group["lr"] = lr
 
 
+def restore_training(engine, scheduler, tensors: dict, meta: dict) -> None:
+    """Optimizer moments and step, schedule position and RNG from a checkpoint. Collective: every rank."""
+    restore_optimizer(engine, tensors, meta)
+    restore_scheduler(scheduler, meta["scheduler"])
+    restore_rng(tensors, meta)
+
+
 def restore_rng(tensors: dict, meta: dict) -> None:
     torch.set_rng_state(tensors["rng/torch"])
     random.setstate(_to_tuple(meta["rng_python"]))

@@ -8,35 +8,31 @@ update on the whole batch.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from ds_prompt import dist
 from ds_prompt.artifacts import save_prompt
 from ds_prompt.builders import build_prompted, load_model_for
-from ds_prompt.config import TrainConfig, config_dict
+from ds_prompt.config import TrainConfig
 from ds_prompt.data.encoding import BatchPlan, collate
 from ds_prompt.data.loading import load_examples
 from ds_prompt.data.tasks import get_task
 from ds_prompt.engine import setup as ds_setup
 from ds_prompt.engine import state as ckpt
 from ds_prompt.engine.evaluate import evaluate
-from ds_prompt.engine.loop import train_steps, window_scalars
+from ds_prompt.engine.loop import LoopState, log_window, save_run_checkpoint, train_steps
 from ds_prompt.engine.logging import RunLogger
 from ds_prompt.errors import UserError
-from ds_prompt.io import ensure_writable_dir, write_json
+from ds_prompt.io import write_json
 from ds_prompt.models.checkpointing import enable_activation_checkpointing
 from ds_prompt.models.family import Family
 
 
 @dataclass
-class RunState:
-    """What the loop carries between steps (and what a checkpoint restores)."""
-    step: int = 0
-    history: list = field(default_factory=list)
+class RunState(LoopState):
     accuracy_before: float | None = None
-    tokens: float = 0.0
 
 
 def train(cfg: TrainConfig, prompt_override: torch.Tensor | None = None, model_transform=None) -> dict:
@@ -45,17 +41,11 @@ def train(cfg: TrainConfig, prompt_override: torch.Tensor | None = None, model_t
     `prompt_override` (a [L, d] tensor) replaces the init spec (transfer-init). `model_transform(backbone)`
     edits the frozen backbone in place before the engine is built (FPT partial models).
     """
-    ds_setup.init_distributed()
-    out = cfg.resolved_output_dir()
-    dist.on_rank0(ensure_writable_dir, out)
-    dist.barrier()
-    torch.manual_seed(cfg.seed)
-
+    out = ds_setup.start_run(cfg.resolved_output_dir(), cfg.seed)
     task = get_task(cfg.task)
     train_examples = load_examples(task, "train", cfg.data_dir, limit=cfg.train_limit, seed=cfg.seed)
     eval_examples = load_examples(task, "eval", cfg.data_dir, limit=cfg.eval_limit, seed=cfg.seed)
-    ds_config = ds_setup.fill_ds_config(ds_setup.load_ds_config(cfg.deepspeed), cfg.batch_size, cfg.grad_accum,
-                                        cfg.grad_clip, dist.world_size())
+    ds_config = ds_setup.ds_config_for(cfg)
     with ds_setup.sharded_loading(ds_config):  # ZeRO-3: weights are partitioned as they load
         backbone = load_model_for(cfg.model, cfg.family, cfg.dtype, cfg.quantization, cfg.attn_implementation)
     if model_transform is not None:
@@ -81,9 +71,7 @@ def train(cfg: TrainConfig, prompt_override: torch.Tensor | None = None, model_t
     run = RunState()
     if resumed and not (cfg.reset_optimizer and resumed[1].get("from_init_state")):
         tensors, meta = resumed
-        ckpt.restore_optimizer(engine, tensors, meta)
-        ckpt.restore_scheduler(scheduler, meta["scheduler"])
-        ckpt.restore_rng(tensors, meta)
+        ckpt.restore_training(engine, scheduler, tensors, meta)
         run = RunState(step=meta["step"], history=meta["history"], accuracy_before=meta["accuracy_before"],
                        tokens=meta.get("tokens", 0.0))
 
@@ -171,23 +159,13 @@ def _train_loop(ctx: _LoopContext, run: RunState, log: RunLogger) -> None:
 
 
 def _log_train(ctx, run, log, loss_sum, tokens, elapsed) -> None:
-    values, all_tokens = window_scalars(ctx.engine, ctx.scheduler, ctx.cfg, run.step, loss_sum, tokens, elapsed,
-                                        ctx.out)
-    values["prompt_norm"] = ckpt.full_param(ctx.engine, ctx.built.model.prompt.weight).norm().item()
-    run.tokens += all_tokens
-    log.scalars(run.step, values)
-    log.advance(0, loss=values["loss"], tok_s=values["tokens_per_s"])
+    prompt_norm = ckpt.full_param(ctx.engine, ctx.built.model.prompt.weight).norm().item()  # collective
+    log_window(ctx.engine, ctx.scheduler, ctx.cfg, run, log, loss_sum, tokens, elapsed, ctx.out,
+               extra={"prompt_norm": prompt_norm})
 
 
 def _save_checkpoint(ctx: _LoopContext, run: RunState) -> None:
-    tensors, meta = ckpt.gather_state(ctx.engine, ctx.scheduler, run.step, {
-        "history": run.history, "accuracy_before": run.accuracy_before, "tokens": run.tokens,
-        "world_size": dist.world_size(), "config": config_dict(ctx.cfg)})
-    if not all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("param/")):
-        raise UserError(f"trainable parameters became non-finite by step {run.step}: lower --lr "
-                        f"(the previous checkpoint is kept)")
-    dist.on_rank0(ckpt.save_checkpoint, ctx.out, tensors, meta, ctx.cfg.keep_checkpoints)
-    dist.barrier()
+    save_run_checkpoint(ctx.engine, ctx.scheduler, ctx.cfg, run, ctx.out, {"accuracy_before": run.accuracy_before})
 
 
 def _finish(ctx: _LoopContext, run: RunState, final: dict, task) -> dict:

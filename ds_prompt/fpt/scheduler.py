@@ -45,7 +45,7 @@ from ds_prompt.faults import fault_point
 from ds_prompt.fpt.flops import BACKWARD_CONVENTIONS, LengthStats, ModelShape, step_flops
 from ds_prompt.fpt.partial import PartialModelSpec, apply_partial, neuron_scores
 from ds_prompt.fpt.plan import StagePlan
-from ds_prompt.io import atomic_path, ensure_writable_dir, write_json
+from ds_prompt.io import atomic_path, ensure_writable_dir, write_json, write_tensors
 
 LEDGER, REPORT, SCORES = "fpt_ledger.json", "fpt_report.json", "neuron_scores.safetensors"
 JOB_FILE, STAGE_INFO = "fpt_job.json", "fpt_stage.json"
@@ -127,7 +127,7 @@ class StageTransform:
         if dist.broadcast_object(path.is_file()):  # rank 0 decides, so every rank takes the same branch
             return load_file(str(path))
         scores = self._compute_scores(backbone, task, encoded[:self.job.score_samples])
-        dist.on_rank0(_save_scores, path, scores, {"stage": str(self.job.index),
+        dist.on_rank0(write_tensors, path, scores, {"stage": str(self.job.index),
                                                    "samples": str(min(len(encoded), self.job.score_samples))})
         dist.barrier()
         return scores
@@ -168,12 +168,6 @@ class StageTransform:
         if movable:
             backbone.model.to(home)
         return scores
-
-
-def _save_scores(path: Path, scores: dict[str, torch.Tensor], meta: dict) -> None:
-    from safetensors.torch import save_file
-    with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in scores.items()}, str(tmp), metadata=meta)
 
 
 def run_stage(stage_file: str) -> dict:

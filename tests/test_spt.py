@@ -382,3 +382,48 @@ def test_train_backbone_saves_and_reloads_the_tuned_backbone(tmp_path):
     (tmp_path / "full" / "backbone.safetensors").unlink()
     assert evaluate_bank(str(tmp_path / "full"), ["demo"], limit=8)["results"]["demo"]["loss"] != pytest.approx(
         trained["loss"])
+
+
+@pytest.mark.parametrize("arch", ("bert", "gpt2", "t5"))
+def test_instruction_in_input_precedes_the_text_with_its_own_prompt(arch):
+    """T0-style input: [specials; discrete prompt + newline; template], the prompt being the one the row's
+    retrieval query is built from; the scoring index moves with it and max_length still holds."""
+    bb = load_backbone(f"tiny:{arch}", dtype="fp32")
+    specs = [get_task(n) for n in ("sst2", "rte")]
+    args = (specs, bb.tokenizer, bb.family, 40, 4, [_examples(s) for s in specs], [_examples(s) for s in specs],
+            bb.family is Family.CAUSAL)
+    plain, fed = TaskSuite.build(*args), TaskSuite.build(*args, instruction_in_input=True)
+    for sample in (Sample(0, 0, 1), Sample(1, 1, 0), Sample(0, 2, 0)):
+        task = fed.tasks[sample.task]
+        text = task.spec.instructions[sample.instruction] + "\n"
+        expected_extra = bb.tokenizer(text, add_special_tokens=False)["input_ids"]
+        got = fed.encoded(sample)
+        k = len(task.encoder.prefix)
+        assert got.input_ids[k:k + len(expected_extra)] == expected_extra
+        assert len(got.input_ids) + 4 <= 40
+        # Without truncation the rest is the plain encoding, scored at the same token.
+        ref = plain.encoded(sample)
+        if len(ref.input_ids) + len(expected_extra) + 4 <= 40 - max(len(x) for x in task.input_instruction_ids):
+            assert got.input_ids[:k] + got.input_ids[k + len(expected_extra):] == ref.input_ids
+            assert got.input_ids[got.score_index] == ref.input_ids[ref.score_index]
+            assert got.score_index == ref.score_index + len(expected_extra)
+    batch = fed.collate([Sample(0, 0, 0), Sample(0, 0, 1)])
+    assert not torch.equal(batch["input_ids"][0], batch["input_ids"][1])  # same text, its own discrete prompt
+    assert [len(e) for e in (fed.eval_encoded(0, 0), fed.eval_encoded(0, 1))] == [3, 3]
+    assert fed.eval_encoded(0, 0)[0].input_ids != fed.eval_encoded(0, 1)[0].input_ids
+
+
+@needs_data
+def test_cli_instruction_in_input_is_recorded_and_evaluated_the_same(tmp_path, capsys):
+    out = tmp_path / "spt"
+    code, _, errors = _run(["spt", "train"] + BASE + MULTI + ["--output_dir", str(out), "--max_steps", "2",
+                                                             "--save_every", "0", "--instruction_in_input", "True"],
+                           capsys)
+    assert code == 0, errors
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert load_bank(out)[1]["instruction_in_input"] is True
+    code, _, errors = _run(["spt", "evaluate", str(out), "--data_dir", str(DATA), "--limit", "8"], capsys)
+    assert code == 0, errors
+    evaluated = json.loads((out / "spt_eval.json").read_text())["results"]
+    for task in ("mr", "snli"):
+        assert evaluated[task]["per_instruction"] == pytest.approx(metrics["results"][task]["per_instruction"])

@@ -170,6 +170,86 @@ def test_recorded_activations_equal_manual_ffn_and_leave_output_unchanged(arch):
         torch.testing.assert_close(model(*args), plain, rtol=0, atol=0)
 
 
+def _ffn_inputs(bb, model, args, sites):
+    """{site name: the FFN block's input [B, T, d]}, captured in a separate forward."""
+    inputs, handles = {}, []
+    for site in sites:
+        block_name = site.name if site.name.endswith("intermediate") else site.name.rsplit(".", 1)[0]
+        block = bb.model.get_submodule(block_name)
+        handles.append(block.register_forward_pre_hook(lambda m, a, name=site.name: inputs.__setitem__(name, a[0])))
+    with torch.no_grad():
+        model(*args)
+    for h in handles:
+        h.remove()
+    return inputs
+
+
+def _hand_scoring_rows(bb, batch, n_prompt):
+    """Scoring position of every row of the prompted sequence, found by hand from the token ids."""
+    ids = batch["input_ids"]
+    if bb.family.value == "causal":  # left padding: each row's last token is at the last column
+        assert (batch["attention_mask"][:, -1] == 1).all()
+        return torch.full((ids.shape[0],), n_prompt + ids.shape[1] - 1)
+    return n_prompt + (ids == bb.tokenizer.mask_token_id).long().argmax(1)
+
+
+@pytest.mark.parametrize("arch", ("bert", "roberta", "gpt2", "llama", "qwen2", "t5", "t5_gated"))
+@pytest.mark.parametrize("neuron", ("product", "gate"))
+def test_on_at_the_scoring_position_matches_hand_computed_masks(arch, neuron):
+    bb, model, enc = prompted_tiny(arch, prompt_length=3)
+    _, batch = batch_of(bb, enc, SENTENCES)
+    args = (batch["input_ids"], batch["attention_mask"], batch["score_index"])
+    gated = arch in ("llama", "qwen2", "t5_gated")
+    if neuron == "gate" and not gated:
+        with pytest.raises(UserError, match="--neuron gate needs a gated FFN"):
+            record_ffn_activations(model, *args, position="score", neuron=neuron)
+        return
+    recorded = record_ffn_activations(model, *args, position="score", neuron=neuron)
+    sites = ffn_sites(bb.model, "decoder")
+    inputs = _ffn_inputs(bb, model, args, sites)
+    rows = torch.arange(len(SENTENCES))
+    assert len(recorded) == len(sites)
+    for site, name in zip(sites, recorded):
+        x = inputs[site.name]
+        with torch.no_grad():
+            if neuron == "gate":
+                block = bb.model.get_submodule(site.name.rsplit(".", 1)[0])
+                full = x @ (block.wi_0 if hasattr(block, "wi_0") else block.gate_proj).weight.T
+            else:
+                full = _manual_ffn(site.name, bb.model, x)
+        expected = full[:, 0] if site.decoder else full[rows, _hand_scoring_rows(bb, batch, 3)]
+        torch.testing.assert_close(recorded[name], expected, rtol=1e-5, atol=1e-6)
+        assert torch.equal(ind.neuron_masks({name: recorded[name]})[name], expected > 0)
+    if arch.startswith("t5"):
+        with pytest.raises(UserError, match="first decoding step"):
+            record_ffn_activations(model, *args, position="score", seq2seq_part="both")
+
+
+def test_scoring_position_differs_from_the_first_prompt_vector_on_a_causal_lm():
+    """On a causal LM the first prompt vector has seen only itself: its activations do not depend on the rest of
+    the prompt, while the scoring position's do."""
+    from ds_prompt.models.backbone import load_backbone
+    bb = load_backbone("tiny:llama", dtype="fp32")
+    p1 = torch.randn(4, 32)
+    p2 = p1.clone()
+    p2[1:] = torch.randn(3, 32)
+    masks = {}
+    for position in (0, "score"):
+        recorder = ind.NeuronRecorder(bb, ind.NeuronProbe(position=position), prompt_length=4)
+        masks[position] = (recorder.masks(p1), recorder.masks(p2))
+        assert recorder.batch["input_ids"].tolist() == [[bb.tokenizer.bos_token_id]]
+    assert ind.activated_neuron_overlap(*masks[0]) == 1.0
+    assert ind.activated_neuron_overlap(*masks["score"]) < 1.0
+
+
+def test_mlm_probe_without_samples_has_a_mask_slot():
+    from ds_prompt.models.backbone import load_backbone
+    bb = load_backbone("tiny:bert", dtype="fp32")
+    batch = ind.probe_batch(bb, ind.NeuronProbe(), prompt_length=4)
+    assert batch["input_ids"].tolist() == [[bb.tokenizer.cls_token_id, bb.tokenizer.mask_token_id]]
+    assert batch["score_index"].tolist() == [1]
+
+
 def test_t5_uses_decoder_ffn_at_first_step_by_default():
     bb, model, enc = prompted_tiny("t5", prompt_length=3)
     _, batch = batch_of(bb, enc, SENTENCES[:2])

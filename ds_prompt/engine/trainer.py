@@ -183,6 +183,8 @@ def _finish(ctx: _LoopContext, run: RunState, final: dict, task) -> dict:
             "head": type(model.head).__name__, "init": cfg.init if isinstance(cfg.init, str) else "tensor",
             "steps": run.step, "metrics": {"accuracy": final["accuracy"], "accuracy_before": run.accuracy_before},
             "max_length": cfg.max_length, "seed": cfg.seed}
+    if ctx.backbone.source is not None:
+        meta["backbone_source"] = ctx.backbone.source
     head_tensors = {f"head.{n[len('head.'):]}": t for n, t in tensors.items() if n.startswith("head.")}
     dist.on_rank0(save_prompt, ctx.out, prompt, meta, head_tensors)
     dist.on_rank0(write_json, os.path.join(ctx.out, "metrics.json"), metrics)

@@ -8,7 +8,7 @@ from ds_prompt.errors import UserError
 
 def fpt(plan: str, config: str | None = None, launcher: str | None = None, reset_optimizer: bool | None = None,
         score_samples: int = 1000, retries: int = 0, backward: str = "activations", node_rank: int | None = None,
-        **flags) -> None:
+        pt_reference: str | None = None, **flags) -> None:
     """Fast Prompt Tuning: train the prompt through a plan of partial models, each stage its own DeepSpeed job.
 
     --plan ld | fr | cr | pt (the paper's schedules scaled to --max_steps) or a JSON/YAML plan file of stages
@@ -21,10 +21,13 @@ def fpt(plan: str, config: str | None = None, launcher: str | None = None, reset
     activations|standard: FLOPs convention of the report. --node_rank N: with a per-node launcher
     ("deepspeed --hostfile H --no_ssh --node_rank N --master_addr A --master_port P", torchrun --node_rank N;
     a fixed port, not {free_port}) run this same command on every node, sharing --output_dir; node 0 keeps
-    the ledger and writes the report (default: the launcher's --node_rank, else 0). All train flags apply
+    the ledger and writes the report (default: the launcher's --node_rank, else 0). --pt_reference DIR: a
+    plain PT run of the same model, task, seed and data order (`ds-prompt train` or `fpt --plan pt`); the
+    report's pt_comparison then gives PT's accuracy at the plan's FLOPs and the FLOPs the plan needed to reach
+    PT's final accuracy (evaluate often, e.g. --eval_every 25, in both runs). All train flags apply
     (--model --task --data_dir --output_dir --batch_size --lr --deepspeed ...; see `ds-prompt train --help`);
     with a plan file the total steps are the plan's. Writes D/stage_<k>/ runs, D/fpt_ledger.json,
-    D/fpt_report.json (flops_fraction, per-stage list), D/tb and the final prompt. Re-running the same command resumes.
+    D/fpt_report.json (flops_fraction, curve, pt_comparison, per-stage list), D/tb and the final prompt. Re-running the same command resumes.
     """
     from ds_prompt.config import TrainConfig, build_config
     from ds_prompt.fpt.plan import PRESETS, load_plan
@@ -46,12 +49,16 @@ def fpt(plan: str, config: str | None = None, launcher: str | None = None, reset
         raise UserError("fpt chains its stages' states itself: drop --init_state (start from a trained prompt "
                         "with --init file:PROMPT)")
     _validate_before_launch(cfg)
+    if pt_reference is not None:
+        from ds_prompt.fpt.report import check_reference
+        check_reference(str(pt_reference), cfg)
     stages = load_plan(plan, cfg.max_steps)
     if plan not in PRESETS and "max_steps" in flags and int(flags["max_steps"]) != stages.total_steps:
         raise UserError(f"--max_steps {flags['max_steps']} differs from the {stages.total_steps} steps of plan "
                         f"'{plan}': drop --max_steps or edit the plan")
     cfg = dataclasses.replace(cfg, max_steps=stages.total_steps)
-    run_fpt(cfg, stages, launcher, score_samples, retries, backward, node_rank)
+    run_fpt(cfg, stages, launcher, score_samples, retries, backward, node_rank,
+            None if pt_reference is None else str(pt_reference))
 
 
 def _validate_before_launch(cfg) -> None:

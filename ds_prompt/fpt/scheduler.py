@@ -45,6 +45,7 @@ from ds_prompt.faults import fault_point
 from ds_prompt.fpt.flops import BACKWARD_CONVENTIONS, LengthStats, ModelShape, step_flops
 from ds_prompt.fpt.partial import PartialModelSpec, apply_partial, neuron_scores
 from ds_prompt.fpt.plan import StagePlan
+from ds_prompt.fpt.report import build_report, compare_with_pt, write_tensorboard
 from ds_prompt.io import atomic_path, ensure_writable_dir, write_json, write_tensors
 
 LEDGER, REPORT, SCORES = "fpt_ledger.json", "fpt_report.json", "neuron_scores.safetensors"
@@ -391,53 +392,9 @@ def _stage_record(cfg: TrainConfig, plan: StagePlan, index: int, launcher: str |
         "layer_flops_per_step": layers_per_step, "layer_full_flops_per_step": layers_full,
         "wall_s": wall_s, "train_s_per_step": _median_scalar(out / "tb", "train/s_per_step"),
         "accuracy": metrics["accuracy"], "accuracy_before": metrics["accuracy_before"],
+        "history": [{"step": h["step"], "accuracy": h["accuracy"]} for h in metrics.get("history", [])],
         "world_size": metrics["world_size"], "launcher": launcher or "python", "model_shape": info["shape"],
     }
-
-
-def build_report(plan: StagePlan, records: list[dict], backward: str, reset_optimizer: bool) -> dict:
-    """FPT compute vs a plain PT run of the same steps (full model throughout), and measured wall time."""
-    total = plan.total_steps
-    fpt = sum(r["flops"] for r in records)
-    pt = sum(r["steps"] * r["full_flops_per_step"] for r in records)
-    layer_fpt = sum(r["steps"] * r["layer_flops_per_step"] for r in records)
-    layer_pt = sum(r["steps"] * r["layer_full_flops_per_step"] for r in records)
-    full_stages = [r for r in records if r["full_model"] and r["train_s_per_step"]]
-    wall_fraction = None
-    if full_stages and all(r["train_s_per_step"] for r in records):
-        full_s = full_stages[-1]["train_s_per_step"]
-        wall_fraction = sum(r["steps"] * r["train_s_per_step"] for r in records) / (total * full_s)
-    return {
-        "flops_fraction": fpt / pt, "layer_flops_fraction": layer_fpt / layer_pt, "flops": fpt,
-        "pt_flops": pt, "total_steps": total, "backward_convention": backward,
-        "wall_fraction_estimate": wall_fraction, "wall_s": sum(r["wall_s"] for r in records),
-        "accuracy": records[-1]["accuracy"], "reset_optimizer": reset_optimizer,
-        "stages": records, "plan": plan.to_dict(),
-        "notes": "flops: analytic matmul FLOPs (ds_prompt.fpt.flops); wall_fraction_estimate: sum of each "
-                 "stage's measured s/step x steps over total steps x the full-model stage's s/step",
-    }
-
-
-def _write_tensorboard(root: Path, report: dict) -> None:
-    from torch.utils.tensorboard import SummaryWriter
-    tb = root / "tb"
-    if tb.is_dir():  # rewritten from the ledger on every report: no duplicate points after a re-run
-        shutil.rmtree(tb)
-    writer = SummaryWriter(str(tb))
-    cumulative = 0.0
-    for r in report["stages"]:
-        cumulative += r["flops"]
-        pt_so_far = sum(s["steps"] * s["full_flops_per_step"] for s in report["stages"][:r["index"] + 1])
-        for step in (r["start_step"] + 1, r["end_step"]):
-            writer.add_scalar("fpt/stage_flops_per_step", r["flops_per_step"], step)
-            writer.add_scalar("fpt/stage_layers", sum(r["layers"].values()), step)
-            writer.add_scalar("fpt/stage_width", r["width"], step)
-        writer.add_scalar("fpt/flops_cumulative", cumulative, r["end_step"])
-        writer.add_scalar("fpt/flops_fraction", cumulative / pt_so_far, r["end_step"])
-        writer.add_scalar("fpt/stage_wall_s", r["wall_s"], r["end_step"])
-        writer.add_scalar("fpt/accuracy", r["accuracy"], r["end_step"])
-    writer.flush()
-    writer.close()
 
 
 def _publish(root: Path, last: Path) -> None:
@@ -452,7 +409,8 @@ def _say(text: str) -> None:
 
 
 def run_fpt(cfg: TrainConfig, plan: StagePlan, launcher: str | None = None, score_samples: int = 1000,
-            retries: int = 0, backward: str = "activations", node_rank: int = 0) -> dict:
+            retries: int = 0, backward: str = "activations", node_rank: int = 0,
+            pt_reference: str | None = None) -> dict:
     """Run (or resume) every stage of `plan`; returns the report also written to D/fpt_report.json.
 
     `launcher` is the default stage launcher (a stage's own `launcher` in the plan wins, then this, then the
@@ -465,6 +423,10 @@ def run_fpt(cfg: TrainConfig, plan: StagePlan, launcher: str | None = None, scor
     stage and reads the outcome from D. Both decide "finished" by the same test (the stage's metrics.json
     reached its last step), so after any crash the re-run schedulers skip the same stages and meet in the
     same stage job.
+
+    `pt_reference`: a plain PT run of the same model, task, seed and data order (a `ds-prompt train` folder
+    or an FPT `--plan pt` folder); the report then compares the plan with it at equal FLOPs (`pt_comparison`).
+    A one-stage full-model plan is its own reference.
     """
     if backward not in BACKWARD_CONVENTIONS:
         raise UserError(f"--backward '{backward}' is unknown: use one of {', '.join(BACKWARD_CONVENTIONS)}")
@@ -493,8 +455,10 @@ def run_fpt(cfg: TrainConfig, plan: StagePlan, launcher: str | None = None, scor
         return {"node_rank": node_rank, "stages": len(plan.stages), "total_steps": plan.total_steps}
     records = [ledger.finished(i) for i in range(len(plan.stages))]
     report = build_report(plan, records, backward, cfg.reset_optimizer)
+    if pt_reference is not None or len(plan.stages) == 1 and records[0]["full_model"]:
+        report["pt_comparison"] = compare_with_pt(report, pt_reference or root, cfg)
     write_json(root / REPORT, report)
-    _write_tensorboard(root, report)
+    write_tensorboard(root, report)
     _publish(root, stage_dir(root, len(plan.stages) - 1))
     _say(f"done: {plan.total_steps} steps at {report['flops_fraction']:.3f} of plain PT's FLOPs; "
          f"accuracy {report['accuracy']:.4f}; report {root / REPORT}")

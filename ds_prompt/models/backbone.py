@@ -1,4 +1,5 @@
-"""Loading a frozen backbone: by hub name, local path, the packaged MiniLM (``minilm``) or ``tiny:<arch>``."""
+"""Loading a frozen backbone: by hub name, local path, a ``.gguf`` file, the packaged MiniLM (``minilm``), the
+packaged SmolLM2-135M (``smollm2``, a GGUF) or ``tiny:<arch>``."""
 from __future__ import annotations
 
 import os
@@ -10,7 +11,8 @@ from torch import nn
 
 from ds_prompt.config import check_quantization
 from ds_prompt.errors import UserError
-from ds_prompt.models.family import Family, detect_family, parse_family
+from ds_prompt.models.family import Family, auto_model_class, detect_family, parse_family
+from ds_prompt.models.gguf import SMOLLM2, resolve_model
 
 DEFAULT_MODEL = "minilm"
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -24,6 +26,7 @@ class Backbone:
     tokenizer: object
     family: Family
     name: str
+    source: dict | None = None  # where the weights came from when not a plain HF folder (GGUF: file, sha256)
 
     @property
     def d_model(self) -> int:
@@ -80,12 +83,6 @@ def _keep_4bit_layout(model: nn.Module) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def _auto_class(family: Family):
-    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM
-    return {Family.MLM: AutoModelForMaskedLM, Family.ENCODER: AutoModel, Family.CAUSAL: AutoModelForCausalLM,
-            Family.SEQ2SEQ: AutoModelForSeq2SeqLM}[family]
-
-
 def _quantization_config(quantization: str | None, dtype: torch.dtype):
     if quantization in (None, "none"):
         return None
@@ -97,18 +94,22 @@ def _quantization_config(quantization: str | None, dtype: torch.dtype):
     check_quantization("", quantization)  # raises for unknown values
 
 
-def _model_path(name: str) -> str:
+def _model_path(name: str) -> tuple[str, dict | None]:
+    """(what from_pretrained reads, source record): GGUF files and `smollm2` become a cached HF folder."""
     if name == DEFAULT_MODEL:
-        return packaged_minilm_path()
-    if os.path.isdir(name) or not os.path.exists(name):
-        return name
-    raise UserError(f"--model '{name}' is a file, not a model folder: pass a HF model folder or hub name")
+        return packaged_minilm_path(), None
+    path, source = resolve_model(name)
+    if source is not None or os.path.isdir(path) or not os.path.exists(path):
+        return path, source
+    raise UserError(f"--model '{name}' is a file, not a model folder: pass a HF model folder, a .gguf file or "
+                    f"a hub name")
 
 
 def load_backbone(name: str = DEFAULT_MODEL, family: str | Family | None = None, dtype: str | None = "auto",
                   attn_implementation: str = "sdpa", quantization: str | None = None) -> Backbone:
     """Load `name` frozen. Raises UserError for unknown names (offline hub misses included)."""
     torch_dtype = resolve_dtype(dtype)
+    source = None
     if name.startswith("tiny:"):
         from ds_prompt.models.tiny import build_tiny
         check_quantization(name, quantization)
@@ -116,27 +117,28 @@ def load_backbone(name: str = DEFAULT_MODEL, family: str | Family | None = None,
         model = model.to(torch_dtype)
     else:
         from transformers import AutoConfig, AutoTokenizer
-        path = _model_path(name)
+        path, source = _model_path(name)
         try:
             config = AutoConfig.from_pretrained(path)
             tok = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot load model '{name}' ({type(exc).__name__}): pass a local HF model folder, "
-                            f"a reachable hub name, '{DEFAULT_MODEL}' or tiny:<arch>") from None
+                            f"a .gguf file, a reachable hub name, '{DEFAULT_MODEL}', '{SMOLLM2}' or "
+                            f"tiny:<arch>") from None
         fam = parse_family(family) or detect_family(config)
         kwargs = dict(dtype=torch_dtype, attn_implementation=attn_implementation)
         qconfig = _quantization_config(quantization, torch_dtype)
         if qconfig is not None:
             kwargs["quantization_config"] = qconfig
         try:
-            model = _auto_class(fam).from_pretrained(path, **kwargs)
+            model = auto_model_class(fam).from_pretrained(path, **kwargs)
         except ValueError:  # architecture without SDPA support
             kwargs["attn_implementation"] = "eager"
-            model = _auto_class(fam).from_pretrained(path, **kwargs)
+            model = auto_model_class(fam).from_pretrained(path, **kwargs)
     fam = parse_family(family) or detect_family(model.config, model)
     if quantization not in (None, "none"):
         _release_freed_memory()
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     tok.padding_side = "left" if fam is Family.CAUSAL else "right"
-    return Backbone(model=freeze(model), tokenizer=tok, family=fam, name=name)
+    return Backbone(model=freeze(model), tokenizer=tok, family=fam, name=name, source=source)

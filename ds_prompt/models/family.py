@@ -53,3 +53,10 @@ def parse_family(name: str | Family | None) -> Family | None:
         return Family(str(name).lower())
     except ValueError:
         raise UserError(f"unknown --family '{name}': use one of {', '.join(f.value for f in Family)}") from None
+
+
+def auto_model_class(family: Family):
+    """The transformers Auto class that loads a checkpoint of `family` with the head ds_prompt scores."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM
+    return {Family.MLM: AutoModelForMaskedLM, Family.ENCODER: AutoModel, Family.CAUSAL: AutoModelForCausalLM,
+            Family.SEQ2SEQ: AutoModelForSeq2SeqLM}[family]

@@ -36,6 +36,7 @@ def train(config: str | None = None, **flags) -> None:
       | untrained (baseline: evaluate the initialization)
     Bank: --bank_size N --memory_length l --top_k k --similarity cosine|dot --combine weighted|concat
       --pooling mean|max --temperature T (0 = auto) --query_source instruction|instruction+input
+      --instruction_in_input (also put the row's discrete prompt before its text in the model input, T0-style)
       --query_projection none|mlp --task_prompt per_task|shared|none --task_prompt_length L
       --unseen_prompt mean|memory_only --init normal[:std]|uniform|vocab|text:WORDS --key_init instructions|normal
       --init_bank DIR (start from a trained bank: pretrain-then-tune protocol) --freeze_bank

@@ -102,53 +102,84 @@ def micro_batches(batch: list, world: int, rank: int, accum: int, length) -> lis
 
 @dataclass
 class SuiteTask:
-    """One task of a run: its spec, template encoder, examples and tokenized discrete prompts."""
+    """One task of a run: its spec, template encoder, examples and tokenized discrete prompts.
+
+    `input_instruction_ids`: the discrete prompts as they are put into the model input (each followed by a
+    newline), when the run feeds them there (T0-style); empty otherwise."""
     spec: object
     encoder: TemplateEncoder
     train: list = field(default_factory=list)
     eval: list = field(default_factory=list)
     instruction_ids: list[list[int]] = field(default_factory=list)
+    input_instruction_ids: list[list[int]] = field(default_factory=list)
+
+    def encode(self, example, instruction: int) -> Encoded:
+        """The example's template encoding; with instructions in the input, [specials; instruction; rest]."""
+        enc = self.encoder.encode(example)
+        if not self.input_instruction_ids:
+            return enc
+        extra = self.input_instruction_ids[instruction]
+        k = len(self.encoder.prefix)
+        return Encoded(enc.input_ids[:k] + extra + enc.input_ids[k:], enc.score_index + len(extra), enc.label)
+
+
+def input_instruction_ids(tokenizer, instructions: list[str]) -> list[list[int]]:
+    """Token ids of each discrete prompt followed by a newline, as it precedes the input (T0-style)."""
+    return [tokenizer(text + "\n", add_special_tokens=False)["input_ids"] for text in instructions]
 
 
 class TaskSuite:
     """The tasks of one SPT run in task-id order (seen tasks first, then held-out), with lazy encoding.
 
     Training examples are encoded when first drawn (a large task is never encoded whole); evaluation
-    splits once, on first use.
+    splits once per discrete prompt, on first use. With `instruction_in_input`, each row's discrete prompt
+    (the one its retrieval query is built from) also precedes its text in the model input, and the template
+    encoders reserve room for the longest one within `max_length`.
     """
 
     def __init__(self, tasks: list[SuiteTask], pad_id: int, left_pad: bool):
         self.tasks, self.pad_id, self.left_pad = tasks, pad_id, left_pad
-        self._train_cache: dict[tuple[int, int], Encoded] = {}
-        self._eval_cache: dict[int, list[Encoded]] = {}
+        self._train_cache: dict[tuple[int, int, int], Encoded] = {}
+        self._eval_cache: dict[tuple[int, int], list[Encoded]] = {}
 
     @classmethod
     def build(cls, specs: list, tokenizer, family, max_length: int, prompt_length: int,
-              train: list[list], evals: list[list], left_pad: bool) -> "TaskSuite":
-        tasks = [SuiteTask(spec, TemplateEncoder(spec, tokenizer, family, max_length, prompt_length), tr, ev,
-                           tokenize_instructions(tokenizer, list(spec.instructions)))
-                 for spec, tr, ev in zip(specs, train, evals)]
+              train: list[list], evals: list[list], left_pad: bool,
+              instruction_in_input: bool = False) -> "TaskSuite":
+        tasks = []
+        for spec, tr, ev in zip(specs, train, evals):
+            in_input = input_instruction_ids(tokenizer, list(spec.instructions)) if instruction_in_input else []
+            reserve = max((len(ids) for ids in in_input), default=0)
+            encoder = TemplateEncoder(spec, tokenizer, family, max_length - reserve, prompt_length)
+            tasks.append(SuiteTask(spec, encoder, tr, ev, tokenize_instructions(tokenizer, list(spec.instructions)),
+                                   in_input))
         return cls(tasks, tokenizer.pad_token_id, left_pad)
+
+    @property
+    def instruction_in_input(self) -> bool:
+        return any(t.input_instruction_ids for t in self.tasks)
 
     @property
     def names(self) -> list[str]:
         return [t.spec.name for t in self.tasks]
 
     def encoded(self, sample: Sample) -> Encoded:
-        key = (sample.task, sample.index)
+        key = (sample.task, sample.index, sample.instruction if self.instruction_in_input else 0)
         if key not in self._train_cache:
             task = self.tasks[sample.task]
-            self._train_cache[key] = task.encoder.encode(task.train[sample.index])
+            self._train_cache[key] = task.encode(task.train[sample.index], key[2])
         return self._train_cache[key]
 
     def length(self, sample: Sample) -> int:
         return len(self.encoded(sample).input_ids)
 
-    def eval_encoded(self, task: int) -> list[Encoded]:
-        if task not in self._eval_cache:
+    def eval_encoded(self, task: int, instruction: int = 0) -> list[Encoded]:
+        """The task's eval split, encoded for its discrete prompt number `instruction`."""
+        key = (task, instruction if self.instruction_in_input else 0)
+        if key not in self._eval_cache:
             t = self.tasks[task]
-            self._eval_cache[task] = [t.encoder.encode(e) for e in t.eval]
-        return self._eval_cache[task]
+            self._eval_cache[key] = [t.encode(e, key[1]) for e in t.eval]
+        return self._eval_cache[key]
 
     def collate(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
         """Padded batch: input_ids, attention_mask, score_index, labels [B], task_ids [B], instruction_ids and

@@ -87,6 +87,7 @@ class SPTConfig:
     pooling: str = "mean"
     temperature: float = 0.0
     query_source: str = "instruction"
+    instruction_in_input: bool = False    # also put the drawn discrete prompt into the model input (T0-style)
     query_projection: str = "none"
     task_prompt: str = "per_task"
     task_prompt_length: int = 10
@@ -237,7 +238,8 @@ def _load_suite(cfg: SPTConfig, seen: list, heldout: list, backbone, prompt_leng
     for t, examples in zip(seen, train):
         require(len(examples) > 0, f"task {t.name} has no training examples: check --data_dir")
     return TaskSuite.build(seen + heldout, backbone.tokenizer, backbone.family, cfg.max_length, prompt_length,
-                           train + [[] for _ in heldout], evals, backbone.family is Family.CAUSAL)
+                           train + [[] for _ in heldout], evals, backbone.family is Family.CAUSAL,
+                           cfg.instruction_in_input)
 
 
 def _mixture(cfg: SPTConfig, suite: TaskSuite, num_seen: int) -> tuple[MixturePlan, list[float]]:
@@ -369,7 +371,10 @@ def _finish(ctx: _Context, run: RunState, final: dict, mode: Mode, rates: list[f
                 tasks=[t.spec.name for t in seen], heldout=[t.spec.name for t in heldout],
                 instructions={t.spec.name: list(t.spec.instructions) for t in ctx.suite.tasks},
                 max_length=cfg.max_length, seed=cfg.seed, init=cfg.init, key_init=cfg.key_init, mode=mode.value,
-                steps=run.step, train_backbone=cfg.train_backbone, mixing_rates=rates, metrics=summary)
+                steps=run.step, train_backbone=cfg.train_backbone, mixing_rates=rates, metrics=summary,
+                instruction_in_input=cfg.instruction_in_input)
+    if ctx.backbone.source is not None:
+        meta["backbone_source"] = ctx.backbone.source
     dist.on_rank0(save_bank, ctx.out, tensors, meta)
     if cfg.train_backbone:
         weights = {n: _full_tensor(ctx.engine, p) for n, p in ctx.backbone.model.named_parameters()}
@@ -410,8 +415,8 @@ def evaluate_tasks(model: nn.Module, suite: TaskSuite, task_ids: list[int], num_
     results = {}
     for t in task_ids:
         task = suite.tasks[t]
-        per = [evaluate(BoundPrompt(model, t, ids), suite.eval_encoded(t), batch_size, suite.pad_id, suite.left_pad,
-                        device) for ids in task.instruction_ids]
+        per = [evaluate(BoundPrompt(model, t, ids), suite.eval_encoded(t, k), batch_size, suite.pad_id,
+                        suite.left_pad, device) for k, ids in enumerate(task.instruction_ids)]
         results[task.spec.name] = {
             "accuracy": sum(r["accuracy"] for r in per) / len(per),
             "per_instruction": [r["accuracy"] for r in per],
@@ -473,7 +478,8 @@ def evaluate_bank(bank: str, tasks: list[str] | None = None, data_dir: str | Non
     evals = [load_examples(t, "eval", data_dir, limit=limit, seed=meta["seed"]) if i in ids else []
              for i, t in enumerate(specs)]
     suite = TaskSuite.build(specs, backbone.tokenizer, backbone.family, meta["max_length"], cfg.prompt_length,
-                            [[] for _ in specs], evals, backbone.family is Family.CAUSAL)
+                            [[] for _ in specs], evals, backbone.family is Family.CAUSAL,
+                            meta.get("instruction_in_input", False))
     device = ds_setup.device()
     results = evaluate_tasks(spt.to(device), suite, ids, cfg.num_tasks, batch_size, device)
     out = output_dir or str(Path(bank) if Path(bank).is_dir() else Path(bank).parent)

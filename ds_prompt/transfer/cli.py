@@ -22,13 +22,16 @@ def _table(rows: list[dict], columns) -> str:
     return "\n".join(lines + ["  ".join(v.ljust(w) for v, w in zip(b, widths)) for b in body])
 
 
-def _position(position) -> int | None:
+def _position(position) -> int | str | None:
+    if position == "score":
+        return position
     if position in (None, "all", "None"):
         return None
     try:
         return int(position)
     except (TypeError, ValueError):
-        raise UserError(f"--position {position!r} must be a token index (0 = first prompt token) or all") from None
+        raise UserError(f"--position {position!r} must be score (the family's scoring position), a token index "
+                        f"(0 = first prompt token) or all") from None
 
 
 def matrix(prompts, tasks=None, data_dir: str | None = None, output_dir: str = "runs/transfer_matrix",
@@ -66,20 +69,22 @@ def speedup(prompt: str, config: str | None = None, **flags) -> None:
 
 def indicators(prompts, metric="all", output_dir: str = "runs/indicators", model: str | None = None,
                against: str | None = None, task: str | None = None, data_dir: str | None = None, samples: int = 0,
-               position="0", ffn_part: str = "decoder", window: int = 3, deepspeed: str | None = None,
-               dtype: str = "auto", include_self: bool = False) -> None:
+               position="score", ffn_part: str = "decoder", window: int = 3, deepspeed: str | None = None,
+               dtype: str = "auto", include_self: bool = False, neuron: str = "product") -> None:
     """Transferability indicators between every pair of prompts: cos, cos_token, euc, euc_token, on (REFERENCE §1).
 
     --metric all | a comma list. ON feeds [prompt; bos] to the frozen model (--model, default the prompts'
-    backbone), or [prompt; task text] for --samples N examples of --task; --position k keeps token k (0 = first
-    prompt token) or 'all' tokens; --ffn_part decoder|encoder|both for T5; --window for layer windows;
+    backbone), or [prompt; task text] for --samples N examples of --task; --position score (default: the mask
+    slot / last token / first decoder step, which has seen the whole prompt), k (token k, 0 = first prompt
+    token) or all; --neuron product (gated FFNs: act(gate)*up, default) or gate (gate > 0);
+    --ffn_part decoder|encoder|both for T5; --window for layer windows;
     --deepspeed zero3_cpu partitions the model (launch with deepspeed/torchrun). Writes indicators.csv
     (source,target,metric,value) and on_windows.csv; with --against matrix.csv also correlation.csv (Spearman of
     each indicator with transfer accuracy over task pairs; --include_self keeps source == target pairs).
     """
     from ds_prompt.transfer.indicators import NeuronProbe, compute_indicators
     probe = NeuronProbe(task=task, data_dir=data_dir, samples=int(samples), position=_position(position),
-                        seq2seq_part=ffn_part)
+                        seq2seq_part=ffn_part, neuron=neuron)
     result = compute_indicators(prompts, metric, output_dir, model, against, probe, int(window), deepspeed, dtype,
                                 include_self)
     if "correlation" in result:
@@ -137,7 +142,7 @@ def library_list(library: str | None = None, task: str | None = None, model: str
 
 
 def library_recommend(task: str, model: str, library: str | None = None, metric: str = "on",
-                      probe_dir: str | None = None, samples: int = 0, position="0", deepspeed: str | None = None,
+                      probe_dir: str | None = None, samples: int = 0, position="score", deepspeed: str | None = None,
                       dtype: str = "auto", **train_flags) -> None:
     """Rank the library's prompts for --model by --metric (on, cos, cos_token, euc, euc_token) against a short
     probe prompt trained on --task; `train --init library:best` then starts from the top one.

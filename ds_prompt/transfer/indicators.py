@@ -5,9 +5,11 @@ Embedding similarity, for prompts P1, P2 of shape [L, d] and their flattenings p
   cos_token = mean over all (i, j) of cos(P1_i, P2_j)
   euc       = 1 / (1 + ||p1 - p2||)                        (needs equal shapes)
   euc_token = 1 / (1 + mean over (i, j) of ||P1_i - P2_j||)
-Activated neurons: feed [prompt; bos] (optionally with task text, several samples) to the frozen model, record
-the FFN intermediate of every layer (`activations.record_ffn_activations`), keep one position (default 0, the
-first prompt token) and binarize m = 1[a > 0] (the `kernels.activation_stats` kernel). Then
+Activated neurons: feed [prompt; bos] (MLM: [prompt; bos; mask]; optionally task text, several samples) to the
+frozen model, record the FFN intermediate of every layer (`activations.record_ffn_activations`), keep one
+position (default the family's scoring position, which has seen the whole prompt: the mask slot, the last
+token, the first decoder step; or k, e.g. 0 = the first prompt vector) and binarize m = 1[a > 0] (the
+`kernels.activation_stats` kernel; gated FFNs binarize act(gate) * up, or with neuron="gate" the gate). Then
   on = |m1 AND m2| / sqrt(|m1| * |m2|)                     (cosine of binary masks)
 over all layers, and over layer windows [l, l + window). Values are plain floats; only rank order matters
 (released prompts differ in norm by 30x). `spearman_against` correlates each indicator with transfer accuracy.
@@ -31,7 +33,7 @@ from ds_prompt.engine import setup as ds_setup
 from ds_prompt.errors import UserError
 from ds_prompt.models.family import Family
 from ds_prompt.models.prompted import PromptedModel
-from ds_prompt.transfer.activations import FixedPrompt, record_ffn_activations
+from ds_prompt.transfer.activations import SCORE, FixedPrompt, per_token_position, record_ffn_activations
 from ds_prompt.transfer.library import as_list, common_backbone, load_prompt_set, recorded_family
 from ds_prompt.transfer.matrix import read_csv, write_csv
 from kernels.activation_stats import activation_mask, activation_stats
@@ -137,17 +139,20 @@ def on_windows(m1: dict[str, torch.Tensor], m2: dict[str, torch.Tensor], window:
 class NeuronProbe:
     """What the frozen model is fed to find a prompt's activated neurons.
 
-    samples=0: one row [prompt; bos] (REFERENCE §1). samples=k: [prompt; task text] for k examples of `task`'s
-    eval split. position: index in the prompted sequence whose activations are kept (0 = the first prompt
-    token), or None: every token, a neuron counting as active when positive on at least half of them.
-    seq2seq_part: T5 FFNs to use (decoder at the first decoding step, encoder, or both).
+    samples=0: one row [prompt; bos] (REFERENCE §1; MLM: [prompt; bos; mask], so the mask slot exists).
+    samples=k: [prompt; task text] for k examples of `task`'s eval split (the task template, mask slot
+    included). position: "score" (the family's scoring position, see `activations`), an index in the prompted
+    sequence (0 = the first prompt token), or None: every token, a neuron counting as active when positive on
+    at least half of them. seq2seq_part: T5 FFNs to use (decoder at the first decoding step, encoder, or both).
+    neuron: "product" or "gate" (gated FFNs, see `activations`).
     """
     task: str | None = None
     data_dir: str | None = None
     samples: int = 0
-    position: int | None = 0
+    position: int | str | None = SCORE
     seq2seq_part: str = "decoder"
     max_length: int = 128
+    neuron: str = "product"
 
 
 def bos_id(tokenizer) -> int:
@@ -161,9 +166,12 @@ def bos_id(tokenizer) -> int:
 def probe_batch(backbone, probe: NeuronProbe, prompt_length: int) -> dict[str, torch.Tensor]:
     """input_ids / attention_mask / score_index for `probe` (identical for every prompt up to `prompt_length`)."""
     if probe.samples <= 0:
-        ids = torch.tensor([[bos_id(backbone.tokenizer)]])
+        tokens = [bos_id(backbone.tokenizer)]
+        if backbone.family is Family.MLM:  # the scoring position of a masked LM is a mask slot
+            tokens.append(backbone.tokenizer.mask_token_id)
+        ids = torch.tensor([tokens])
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-                "score_index": torch.zeros(1, dtype=torch.long)}
+                "score_index": torch.tensor([len(tokens) - 1])}
     if not probe.task:
         raise UserError(f"--samples {probe.samples} feeds task text: pass --task T (and --data_dir)")
     task = get_task(probe.task)
@@ -193,14 +201,15 @@ class NeuronRecorder:
         self.model = model.to(self.device) if not deepspeed else model
         self.batch = {k: v.to(self.device) for k, v in probe_batch(backbone, probe, prompt_length).items()}
         self.d_model = backbone.d_model
+        self.per_token = per_token_position(backbone.family, probe.position)
 
     def masks(self, prompt: torch.Tensor) -> dict[str, torch.Tensor]:
         check_prompt_fits(prompt, self.d_model, "for activated neurons")
         self.prompt.set(prompt.to(self.device))
         acts = record_ffn_activations(self.model, self.batch["input_ids"], self.batch["attention_mask"],
                                       self.batch["score_index"], position=self.probe.position,
-                                      seq2seq_part=self.probe.seq2seq_part)
-        return neuron_masks(acts, per_token=self.probe.position is not None)
+                                      seq2seq_part=self.probe.seq2seq_part, neuron=self.probe.neuron)
+        return neuron_masks(acts, per_token=self.per_token)
 
 
 # ---- tables --------------------------------------------------------------------------------------------------

@@ -1,0 +1,112 @@
+"""Shared plumbing of the SmolLM2 evidence scripts: resumable CLI runs, CSV rows, machine state.
+
+Every experiment script under examples/smollm2/ drives the `ds-prompt` CLI (the path users take), writes its
+runs under $EVIDENCE_RUNS (default runs/smollm2) and its tables under docs/results/. A finished run (its
+metrics.json reached the requested step) is skipped; an interrupted one resumes from its last checkpoint,
+because every run saves its trainable state every SAVE_EVERY steps. Re-running a script after a crash, or in
+a later session, therefore only does the missing work.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = os.environ.get("DATA", str(ROOT.parent / "shared" / "data"))
+RUNS = Path(os.environ.get("EVIDENCE_RUNS", ROOT / "runs" / "smollm2"))
+RESULTS = ROOT / "docs" / "results"
+MODEL = os.environ.get("EVIDENCE_MODEL", "smollm2")
+# One recipe for every SmolLM2 run unless a script says otherwise (see README "Evidence on SmolLM2").
+STEPS = int(os.environ.get("STEPS", 250))
+LR = os.environ.get("LR", "1e-2")
+EVAL_LIMIT = int(os.environ.get("EVAL_LIMIT", 1000))
+SAVE_EVERY = 25
+SEEDS = (42, 43, 44)
+
+
+def log(text: str) -> None:
+    print(f"[{_dt.datetime.now():%H:%M:%S}] {text}", flush=True)
+
+
+def cli(*args: str) -> None:
+    """Run `ds-prompt ARGS` (same interpreter), failing loudly: evidence must never hide a crash."""
+    cmd = [sys.executable, "-m", "ds_prompt.cli", *map(str, args)]
+    log("$ ds-prompt " + " ".join(map(str, args)))
+    env = dict(os.environ, DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"))
+    subprocess.run(cmd, check=True, env=env, cwd=ROOT)
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def finished(out: Path, steps: int) -> dict | None:
+    """metrics.json of a run in `out` that reached `steps`, else None."""
+    metrics = read_json(Path(out) / "metrics.json")
+    return metrics if metrics and metrics.get("steps") == steps else None
+
+
+def train(out: Path, task: str, seed: int, steps: int = STEPS, eval_every: int | None = None,
+          eval_limit: int = EVAL_LIMIT, extra: tuple = ()) -> dict:
+    """A prompt-tuning run on MODEL (skipped when finished, resumed when interrupted); its metrics."""
+    done = finished(out, steps)
+    if done:
+        return done
+    cli("train", "--model", MODEL, "--task", task, "--data_dir", DATA, "--output_dir", out, "--seed", seed,
+        "--max_steps", steps, "--lr", LR, "--eval_limit", eval_limit, "--eval_every",
+        steps // 2 if eval_every is None else eval_every, "--save_every", SAVE_EVERY, "--progress", "False",
+        *extra)
+    return finished(out, steps)
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+    log(f"wrote {path.relative_to(ROOT)} ({len(rows)} rows)")
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+def today() -> str:
+    return _dt.date.today().isoformat()
+
+
+def machine() -> str:
+    """One line of machine state, recorded next to timings."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{platform.machine()} {os.cpu_count()} cores, load {load:.1f}"
+
+
+def meta_json(name: str, **facts) -> None:
+    """docs/results/<name>.json: the recipe behind a CSV (model, steps, seeds, n, date, ...)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    facts = dict(model=MODEL, date=today(), machine=machine(), **facts)
+    (RESULTS / f"{name}.json").write_text(json.dumps(facts, indent=2) + "\n")

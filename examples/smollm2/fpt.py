@@ -1,0 +1,78 @@
+"""FPT on SmolLM2-135M (30 layers, gated FFN 1536): plain PT (plan pt) vs progressive layer dropping (ld),
+FFN reduction (fr) and both (cr), on sst2 and agnews, same seed, data order and total steps.
+
+Every run evaluates every EVAL_EVERY steps, so the report of `ds-prompt fpt` (pt_comparison, computed
+against the pt run with --pt_reference) gives PT's accuracy at the plan's FLOPs and the FLOPs the plan needed
+to first reach PT's final accuracy. Uniform init (the FPT paper's setting). Writes docs/results/fpt.csv and
+fpt.png (accuracy over FLOPs).
+
+    python examples/smollm2/fpt.py
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import DATA, LR, MODEL, RESULTS, RUNS, SAVE_EVERY, cli, log, meta_json, read_json, write_csv  # noqa: E402
+
+TASKS, PLANS = ("sst2", "agnews"), ("pt", "ld", "fr", "cr")
+STEPS, EVAL_EVERY, EVAL, SEED = 250, 25, 500, 42
+
+
+def run(task: str, plan: str) -> dict:
+    out = RUNS / "fpt" / task / plan
+    report = read_json(out / "fpt_report.json")
+    if report is None:
+        extra = () if plan == "pt" else ("--pt_reference", RUNS / "fpt" / task / "pt")
+        cli("fpt", "--plan", plan, "--model", MODEL, "--task", task, "--data_dir", DATA, "--output_dir", out,
+            "--max_steps", STEPS, "--lr", LR, "--seed", SEED, "--init", "uniform", "--eval_every", EVAL_EVERY,
+            "--eval_limit", EVAL, "--save_every", SAVE_EVERY, "--progress", "False", *extra)
+        report = read_json(out / "fpt_report.json")
+    return report
+
+
+def plot(reports: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(TASKS), figsize=(5.5 * len(TASKS), 4))
+    for ax, task in zip(axes, TASKS):
+        for plan in PLANS:
+            curve = reports[task][plan]["curve"]
+            ax.plot([p["flops"] / 1e15 for p in curve], [p["accuracy"] for p in curve], marker="o", ms=2.5,
+                    label=plan)
+        ax.set_xlabel("training PFLOPs (analytic)")
+        ax.set_ylabel("eval accuracy (partial model before the last stage)")
+        ax.set_title(f"FPT on {MODEL}: {task}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    reports = {task: {plan: run(task, plan) for plan in PLANS} for task in TASKS}
+    rows = []
+    for task in TASKS:
+        for plan in PLANS:
+            r = reports[task][plan]
+            c = r["pt_comparison"]
+            reach = c["plan_flops_to_pt_final_fraction"]
+            rows.append({"task": task, "plan": plan, "accuracy": round(r["accuracy"], 4),
+                         "flops_fraction": round(r["flops_fraction"], 3),
+                         "pt_accuracy_at_equal_flops": round(c["pt_accuracy_at_equal_flops"], 4),
+                         "pt_final_accuracy": round(c["pt_final_accuracy"], 4),
+                         "flops_to_pt_final_fraction": "" if reach is None else round(reach, 3),
+                         "wall_s": round(r["wall_s"]), "steps": r["total_steps"], "n_eval": EVAL})
+    write_csv(RESULTS / "fpt.csv", rows)
+    plot(reports, RESULTS / "fpt.png")
+    meta_json("fpt", steps=STEPS, eval_every=EVAL_EVERY, eval_limit=EVAL, seed=SEED, init="uniform", lr=LR,
+              plans={"ld": "depth 25/50/75/100%", "fr": "FFN width 25/50/75/100%", "cr": "both",
+                     "steps": "20/20/20/40%"})
+    log("fpt done")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Prompt tuning per task on SmolLM2-135M: untrained -> trained accuracy (label words, last position).
+
+8 tasks; 3 seeds for sst2, agnews and qnli (mean and standard error), 1 for the others. Validation sets
+capped at EVAL_LIMIT (1000). Writes docs/results/pt_tasks.csv (one row per run) and pt_tasks.json.
+
+    python examples/smollm2/pt_tasks.py [--phase first|extra|all]   # resumable: re-run to continue
+
+--phase first trains seed 42 of every task (what the transfer experiments need), extra the other seeds.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import (EVAL_LIMIT, LR, MODEL, RESULTS, RUNS, SEEDS, STEPS, finished, log, meta_json,  # noqa: E402
+                    train, write_csv)
+
+TASKS = ("sst2", "mr", "agnews", "qnli", "snli", "rte", "mrpc", "cola")
+MULTI_SEED = ("sst2", "agnews", "qnli")
+
+
+def prompt_dir(task: str, seed: int = SEEDS[0]) -> Path:
+    return RUNS / "prompts" / f"{task}-s{seed}"
+
+
+def runs(phase: str = "all") -> list[tuple[str, int]]:
+    """Seed 42 of every task first (the transfer experiments need them), then the extra seeds."""
+    first = [(t, SEEDS[0]) for t in TASKS]
+    extra = [(t, s) for s in SEEDS[1:] for t in MULTI_SEED]
+    return {"first": first, "extra": extra, "all": first + extra}[phase]
+
+
+def main(phase: str = "all") -> None:
+    for task, seed in runs(phase):
+        train(prompt_dir(task, seed), task, seed)
+    rows = []
+    for task, seed in runs():  # the CSV lists every run finished so far
+        m = finished(prompt_dir(task, seed), STEPS)
+        if m is None:
+            continue
+        rows.append({"task": task, "seed": seed, "steps": m["steps"], "n_eval": m["eval_n"],
+                     "accuracy_before": round(m["accuracy_before"], 4), "accuracy": round(m["accuracy"], 4)})
+    write_csv(RESULTS / "pt_tasks.csv", rows)
+    meta_json("pt_tasks", steps=STEPS, lr=LR, eval_limit=EVAL_LIMIT, seeds=list(SEEDS), multi_seed=MULTI_SEED,
+              batch_size=16, prompt_length=20, init="normal:0.02")
+    log(f"pt_tasks done ({MODEL})")
+
+
+if __name__ == "__main__":
+    main(sys.argv[sys.argv.index("--phase") + 1] if "--phase" in sys.argv else "all")

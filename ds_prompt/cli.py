@@ -33,16 +33,20 @@ def train(config: str | None = None, **flags) -> dict:
 
 def evaluate(prompt: str, task: str | None = None, data_dir: str | None = None, model: str | None = None,
              split: str = "eval", limit: int | None = None, batch_size: int = 64, output_dir: str | None = None,
-             family: str | None = None, dtype: str = "auto", max_length: int | None = None) -> None:
+             family: str | None = None, dtype: str = "auto", max_length: int | None = None,
+             seed: int | None = None) -> None:
     """Accuracy of a trained prompt on a task's eval split (default: the task it was trained on).
 
     --prompt a prompt folder / prompt.safetensors / PEFT adapter; --model overrides the backbone recorded in
-    prompt.json. Prints the accuracy and writes eval_<task>.json into --output_dir (default: the prompt's folder).
+    prompt.json. --limit N scores a seeded subset chosen by --seed (default: the prompt's training seed), the
+    same rule as training's --eval_limit, so `train --eval_limit N` and `evaluate --limit N` score the same
+    examples. Prints the accuracy and writes eval_<task>.json (with the subset rule) into --output_dir
+    (default: the prompt's folder).
     """
     from ds_prompt.engine.inference import evaluate_prompt
     result = evaluate_prompt(prompt, task=task, data_dir=data_dir, model=model, split=split, limit=limit,
                              batch_size=batch_size, output_dir=output_dir, family=family, dtype=dtype,
-                             max_length=max_length)
+                             max_length=max_length, seed=seed)
     _print_rank0(f"{result['task']}: accuracy {result['accuracy']:.4f} on {result['n']} examples")
 
 
@@ -53,6 +57,8 @@ def export(prompt: str, format: str = "peft", output_dir: str | None = None) -> 
         raise UserError(f"unknown --format '{format}': only peft is supported")
     if not output_dir:
         raise UserError("export needs --output_dir D")
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise UserError(f"--output_dir {output_dir} is a file: pass a folder for the adapter")
     tensor, meta, _ = load_prompt(prompt)
     export_peft(tensor, meta, output_dir)
     print(f"wrote PEFT prompt-tuning adapter to {output_dir}")
@@ -80,19 +86,61 @@ def _strip_launcher_args(argv: list[str]) -> list[str]:
     return out
 
 
+def _say_rank0(text: str) -> None:
+    """One line on stderr from global rank 0 only (under torchrun/deepspeed every rank reaches the handler)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(text, file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     import fire
+
+    from ds_prompt.engine.progress import Terminated, interruption_message, on_sigterm, reset
+    reset()
     argv = _strip_launcher_args(sys.argv[1:] if argv is None else argv)
     if any(a in ("--help", "-h") for a in argv):  # fire would pass --help into **flags
         argv = [a for a in argv if a not in ("--help", "-h")] + ["--", "--help"]
+    previous = None
+    if _main_thread():
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+        # A parent may hand down a mask blocking these (the mask survives exec): Ctrl-C and SIGTERM must reach us.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         fire.Fire(_commands(), command=argv, name="ds-prompt")
     except fire.core.FireExit as exc:  # --help, or a usage error fire already reported
         return exc.code
     except UserError as exc:
-        print(f"ds-prompt: error: {exc}", file=sys.stderr)
+        _say_rank0(f"ds-prompt: error: {exc}")
+        _let_rank0_speak_first()
         return 2
+    except KeyboardInterrupt:
+        _say_rank0(f"ds-prompt: {interruption_message()}")
+        return 130
+    except Terminated:
+        _say_rank0(f"ds-prompt: {interruption_message()} (SIGTERM)")
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _let_rank0_speak_first(wait_s: float = 5.0) -> None:
+    """Under a launcher every rank meets a collective error; if another rank exited first, the launcher would
+    kill rank 0 before it printed. Other ranks linger (killable silently) while rank 0 prints and exits."""
+    import signal
+    import time
+    if int(os.environ.get("RANK", "0")) != 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if _main_thread():
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        time.sleep(wait_s)
+
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
 
 
 def _commands() -> dict:

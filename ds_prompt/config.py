@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +47,9 @@ class TrainConfig:
     train_limit: int | None = None
     eval_batch_size: int = 64
     log_every: int = 10
-    resume: bool = True                   # continue from <output_dir>/checkpoints/latest if present
+    resume: bool = True                   # continue from <output_dir>/checkpoints/latest if present (the
+                                          # same run only: see run.json); false in a used folder is refused
+    overwrite: bool = False               # clear a used --output_dir completely before starting
     init_state: str | None = None         # a previous run's output_dir: start from its latest trainable state
                                           # (prompt, optimizer moments, schedule, step) -- FPT stage hand-off
     reset_optimizer: bool = False         # with init_state: take only the prompt, fresh optimizer/schedule
@@ -63,7 +66,7 @@ class TrainConfig:
 
 _NON_NEGATIVE = ("eval_every", "save_every", "warmup_steps", "weight_decay", "grad_clip", "log_every")
 _POSITIVE = ("max_steps", "batch_size", "grad_accum", "prompt_length", "lr", "max_length", "eval_batch_size",
-             "keep_checkpoints")
+             "keep_checkpoints", "hidden")
 
 
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
@@ -137,6 +140,10 @@ def build_config(cls=TrainConfig, config: str | None = None, keep_none: bool = F
             raise UserError(f"--{name} cannot be None: give a value")
         kwargs[name] = _coerce(name, value, field_type(fields[name]))
     cfg = cls(**kwargs)
+    for f in dataclasses.fields(cls):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"--{f.name} {value} must be a finite number")
     for name in _POSITIVE:
         if hasattr(cfg, name) and getattr(cfg, name) <= 0:
             raise UserError(f"--{name} must be > 0, got {getattr(cfg, name)}")
@@ -145,7 +152,29 @@ def build_config(cls=TrainConfig, config: str | None = None, keep_none: bool = F
             raise UserError(f"--{name} must be >= 0, got {getattr(cfg, name)}")
     if hasattr(cfg, "quantization") and hasattr(cfg, "model"):
         check_quantization(cfg.model, cfg.quantization)
+    _check_choices(cfg)
     return cfg
+
+
+_CHOICES = {"scheduler": ("constant", "linear"), "optimizer": ("adamw", "adafactor"),
+            "dtype": ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"),
+            "family": (None, "mlm", "encoder", "causal", "seq2seq")}
+
+
+def _check_choices(cfg) -> None:
+    """Choice-list flags, the init spec and the schedule, checked before anything loads or is written."""
+    from ds_prompt.models.soft_prompt import check_init_spec
+    for name, allowed in _CHOICES.items():
+        if hasattr(cfg, name) and getattr(cfg, name) not in allowed:
+            shown = ", ".join(a for a in allowed if a is not None)
+            raise UserError(f"unknown --{name} '{getattr(cfg, name)}': use one of {shown}")
+    if isinstance(getattr(cfg, "init", None), str):
+        check_init_spec(cfg.init)
+    if hasattr(cfg, "warmup_steps") and hasattr(cfg, "max_steps"):
+        span = getattr(cfg, "schedule_steps", None) or cfg.max_steps
+        if cfg.warmup_steps > span:
+            raise UserError(f"--warmup_steps {cfg.warmup_steps} exceeds the {span} steps the schedule spans: "
+                            f"lower it below --max_steps")
 
 
 def check_quantization(model: str, quantization: str | None) -> None:

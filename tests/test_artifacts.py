@@ -12,7 +12,9 @@ from ds_prompt.models.tiny import build_tiny
 
 def test_save_load_roundtrip_keeps_values_and_metadata(tmp_path):
     prompt = torch.randn(7, 32)
-    save_prompt(tmp_path, prompt, {"backbone": "tiny:bert", "task": "demo"}, {"head.linear.weight": torch.ones(2, 32)})
+    save_prompt(tmp_path, prompt, {"backbone": "tiny:bert", "task": "demo", "head": "LinearHead",
+                                   "labels": ["negative", "positive"]},
+                {"head.linear.weight": torch.ones(2, 32), "head.linear.bias": torch.zeros(2)})
     got, meta, extra = load_prompt(tmp_path)
     assert torch.equal(got, prompt) and meta["prompt_length"] == 7 and meta["d_model"] == 32
     assert meta["format"] == "ds_prompt.prompt/1" and torch.equal(extra["head.linear.weight"], torch.ones(2, 32))

@@ -373,3 +373,22 @@ def test_plan_files_load_and_bad_values_are_named(tmp_path):
         load_plan(str(tmp_path / "missing.json"))
     with pytest.raises(UserError, match="--max_steps"):
         load_plan("ld")
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "electra", "gpt2", "llama", "qwen2", "t5", "t5_gated"])
+def test_analytic_forward_flops_equal_torch_flop_counter(arch):
+    """The ledger's forward count per example equals what torch.utils.flop_counter counts for a prompted
+    forward (batch of equal lengths: no padding), T5 through its factored one-query cross-attention."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from tests.helpers import prompted_tiny
+    bb, model, _ = prompted_tiny(arch, prompt_length=3)
+    bb.model.set_attn_implementation("eager")  # the CPU SDPA kernel has no FLOP formula in the counter
+    ids = torch.randint(5, 100, (2, 9))
+    mask = torch.ones_like(ids)
+    score = torch.full((2,), 4, dtype=torch.long)
+    with FlopCounterMode(display=False) as counter:
+        model.representation(ids, mask, score)
+    shape = ModelShape.from_model(bb.model, bb.family)
+    analytic = step_flops(shape, LengthStats.fixed(3 + 9), 2, backward="standard", layers_only=True) / 3
+    assert counter.get_total_flops() == analytic

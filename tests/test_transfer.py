@@ -132,16 +132,8 @@ def _manual_ffn(site_name, hf_model, x):
     return F.relu(x @ block.wi.weight.T)
 
 
-@pytest.mark.parametrize("arch", ALL_ARCHS)
-def test_recorded_activations_equal_manual_ffn_and_leave_output_unchanged(arch):
-    bb, model, enc = prompted_tiny(arch, prompt_length=3)
-    _, batch = batch_of(bb, enc, SENTENCES)
-    args = (batch["input_ids"], batch["attention_mask"], batch["score_index"])
-    with torch.no_grad():
-        plain = model(*args)
-    sites = ffn_sites(bb.model, "both")
-    assert len(sites) == (4 if arch.startswith("t5") else 2)
-    # The FFN blocks' inputs, captured in a separate forward, give the expected intermediates by hand.
+def _ffn_inputs(bb, model, args, sites):
+    """{site name: the FFN block's input [B, T, d]}, captured in a separate forward."""
     inputs, handles = {}, []
     for site in sites:
         block_name = site.name if site.name.endswith("intermediate") else site.name.rsplit(".", 1)[0]
@@ -151,6 +143,19 @@ def test_recorded_activations_equal_manual_ffn_and_leave_output_unchanged(arch):
         model(*args)
     for h in handles:
         h.remove()
+    return inputs
+
+
+@pytest.mark.parametrize("arch", ALL_ARCHS)
+def test_recorded_activations_equal_manual_ffn_and_leave_output_unchanged(arch):
+    bb, model, enc = prompted_tiny(arch, prompt_length=3)
+    _, batch = batch_of(bb, enc, SENTENCES)
+    args = (batch["input_ids"], batch["attention_mask"], batch["score_index"])
+    with torch.no_grad():
+        plain = model(*args)
+    sites = ffn_sites(bb.model, "both")
+    assert len(sites) == (4 if arch.startswith("t5") else 2)
+    inputs = _ffn_inputs(bb, model, args, sites)  # by hand from the FFN blocks' inputs, a separate forward
     seen = []
     top = model.register_forward_hook(lambda m, a, out: seen.append(out))
     recorded = record_ffn_activations(model, *args, position=None, seq2seq_part="both")
@@ -168,20 +173,6 @@ def test_recorded_activations_equal_manual_ffn_and_leave_output_unchanged(arch):
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
     with torch.no_grad():
         torch.testing.assert_close(model(*args), plain, rtol=0, atol=0)
-
-
-def _ffn_inputs(bb, model, args, sites):
-    """{site name: the FFN block's input [B, T, d]}, captured in a separate forward."""
-    inputs, handles = {}, []
-    for site in sites:
-        block_name = site.name if site.name.endswith("intermediate") else site.name.rsplit(".", 1)[0]
-        block = bb.model.get_submodule(block_name)
-        handles.append(block.register_forward_pre_hook(lambda m, a, name=site.name: inputs.__setitem__(name, a[0])))
-    with torch.no_grad():
-        model(*args)
-    for h in handles:
-        h.remove()
-    return inputs
 
 
 def _hand_scoring_rows(bb, batch, n_prompt):

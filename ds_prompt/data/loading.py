@@ -316,9 +316,10 @@ def _hub_dataset(task: TaskSpec, split: str, hub_split: str, source: str):
         return datasets.load_dataset(task.hub_path, task.hub_config, split=hub_split)
     except Exception as err:  # offline, unknown split, removed dataset: all end the same way for the user
         reason = (str(err).strip().splitlines() or [""])[0][:200]
+        file_split = task.eval_split if split == EVAL_ALIAS else split  # the file local loading would read
         raise UserError(
             f"could not load {source} from the Hugging Face hub ({type(err).__name__}: {reason}); offline? pass "
-            f"--data_dir <root> holding {task.name}/{split}.jsonl with fields {', '.join(task.text_fields)}, label "
+            f"--data_dir <root> holding {task.name}/{file_split}.jsonl with fields {', '.join(task.text_fields)}, label "
             f"({', '.join(task.labels)})"
         ) from None
 

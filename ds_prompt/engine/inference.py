@@ -19,6 +19,15 @@ from ds_prompt.models.heads import HEAD_KINDS
 
 
 
+SUBSET_RULE = ("all examples of the split in file order; with a limit, the sorted indices "
+               "random.Random(seed).sample(range(n), limit)")
+
+
+def eval_subset(limit: int | None, seed: int) -> dict:
+    """How an evaluation picks its examples (ds_prompt.data.loading._pick), recorded next to every accuracy."""
+    return {"limit": limit, "seed": seed, "rule": SUBSET_RULE}
+
+
 def prompted_from_artifact(prompt_path: str, task_name: str | None = None, model: str | None = None,
                            family: str | None = None, dtype: str = "auto", max_length: int | None = None):
     """(Prompted, meta) with the artifact's prompt (and linear head) loaded, for its task or `task_name`."""
@@ -43,19 +52,30 @@ def prompted_from_artifact(prompt_path: str, task_name: str | None = None, model
 def evaluate_prompt(prompt: str, task: str | None = None, data_dir: str | None = None, model: str | None = None,
                     split: str = "eval", limit: int | None = None, batch_size: int = 64,
                     output_dir: str | None = None, family: str | None = None, dtype: str = "auto",
-                    max_length: int | None = None) -> dict:
-    """Accuracy of the artifact on `task`; writes eval_<task>.json into `output_dir` (default: its folder)."""
+                    max_length: int | None = None, seed: int | None = None) -> dict:
+    """Accuracy of the artifact on `task`; writes eval_<task>.json into `output_dir` (default: its folder).
+
+    With `limit`, the subset follows `eval_subset(limit, seed)`, the rule training uses for --eval_limit;
+    `seed` defaults to the seed the prompt was trained with, so the same limit scores the same examples."""
+    for name, value in (("batch_size", batch_size), ("limit", limit)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise UserError(f"--{name} {value!r} must be a positive integer")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise UserError(f"--seed {seed!r} must be an integer")
     ds_setup.init_distributed()
     built, meta = prompted_from_artifact(prompt, task, model, family, dtype, max_length)
     out = Path(output_dir) if output_dir else (Path(prompt) if Path(prompt).is_dir() else Path(prompt).parent)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output_dir {out} is a file: pass a folder")
     dist.on_rank0(ensure_writable_dir, out)
-    examples = load_examples(built.task, split, data_dir, limit=limit)
+    subset = eval_subset(limit, meta.get("seed", 0) if seed is None else seed)
+    examples = load_examples(built.task, split, data_dir, limit=limit, seed=subset["seed"])
     encoded = [built.encoder.encode(e) for e in examples]
     device = ds_setup.device()
     model_ = built.model.to(device)
     result = evaluate(model_, encoded, batch_size, built.backbone.tokenizer.pad_token_id,
                       built.backbone.family is Family.CAUSAL, device)
     result = {"task": built.task.name, "prompt": str(prompt), "model": model or meta.get("backbone"),
-              "split": split, **result}
+              "split": split, "eval_subset": subset, **result}
     dist.on_rank0(write_json, os.path.join(out, f"eval_{built.task.name}.json"), result)
     return result

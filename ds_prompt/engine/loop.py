@@ -18,6 +18,7 @@ from ds_prompt import dist
 from ds_prompt.config import config_dict
 from ds_prompt.engine import state as ckpt
 from ds_prompt.errors import UserError
+from ds_prompt.engine.progress import check_stop
 from ds_prompt.faults import fault_point
 
 MicroBatches = Callable[[int], Iterable[tuple[dict, float]]]  # step -> (cpu batch with "labels", tokens)
@@ -39,6 +40,7 @@ def train_steps(engine, run, max_steps: int, cfg, log, micro_batches: MicroBatch
     """
     loss_sum, tokens, t0 = torch.zeros((), device=engine.device), 0.0, time.perf_counter()
     while run.step < max_steps:
+        check_stop()
         for cpu_batch, n_tokens in micro_batches(run.step):
             tokens += n_tokens
             batch = {k: v.to(engine.device, non_blocking=True) for k, v in cpu_batch.items()}

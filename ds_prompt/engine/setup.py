@@ -62,6 +62,12 @@ def load_ds_config(name_or_path: str | None) -> dict:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise UserError(f"DeepSpeed config '{path}' is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"DeepSpeed config '{path}' must be a JSON object, not a {type(config).__name__}")
+    stage = config.get("zero_optimization", {}).get("stage", 0) if isinstance(config.get("zero_optimization", {}),
+                                                                             dict) else None
+    if stage not in (0, 1, 2, 3):
+        raise UserError(f"DeepSpeed config '{path}': zero_optimization.stage {stage!r} must be 0, 1, 2 or 3")
     for section in ("optimizer", "scheduler"):
         if section in config:
             raise UserError(f"DeepSpeed config '{path}' has an '{section}' block; ds_prompt builds these from "
@@ -81,6 +87,39 @@ def start_run(out: str, seed: int) -> str:
     return out
 
 
+def claim_output_dir(out: str, recipe: str, identity: dict, max_steps: int, resume: bool, overwrite: bool):
+    """Every rank: rank 0 claims `out` for this run (`engine.run_folder.claim`: lock, identity, resume rules)
+    and every rank raises the same UserError if it cannot. Returns rank 0's RunFolder (None elsewhere)."""
+    from ds_prompt import dist
+    from ds_prompt.engine.run_folder import claim
+    folder, error = None, None
+    if dist.is_rank0():
+        try:
+            folder = claim(out, recipe, identity, max_steps, resume, overwrite)
+        except UserError as exc:
+            error = str(exc)
+    error = dist.broadcast_object(error)
+    if error is not None:
+        raise UserError(error)
+    return folder
+
+
+def run_in_claimed_folder(out: str, recipe: str, identity: dict, max_steps: int, resume: bool, overwrite: bool,
+                          body):
+    """`body()` with `out` claimed for this run (see `claim_output_dir`); the claim is released afterwards,
+    and a folder the claim created is removed again if `body` fails before the run's first checkpoint."""
+    folder = claim_output_dir(out, recipe, identity, max_steps, resume, overwrite)
+    try:
+        result = body()
+    except BaseException:
+        if folder is not None:
+            folder.release(failed=True)
+        raise
+    if folder is not None:
+        folder.release()
+    return result
+
+
 def ds_config_for(cfg) -> dict:
     """The DeepSpeed config `cfg.deepspeed` names, filled from the run's batch/accumulation/clipping flags."""
     from ds_prompt import dist
@@ -94,8 +133,15 @@ def fill_ds_config(config: dict, batch_size: int, grad_accum: int, grad_clip: fl
         raise UserError(f"--batch_size {batch_size} is not divisible by world_size ({world}) x --grad_accum "
                         f"({grad_accum}): pick a multiple of {world * grad_accum}")
     config = dict(config)
-    config.update(train_batch_size=batch_size, gradient_accumulation_steps=grad_accum,
-                  train_micro_batch_size_per_gpu=batch_size // (world * grad_accum), gradient_clipping=grad_clip)
+    wanted = dict(train_batch_size=batch_size, gradient_accumulation_steps=grad_accum,
+                  train_micro_batch_size_per_gpu=batch_size // (world * grad_accum))
+    flags = {"train_batch_size": "--batch_size", "gradient_accumulation_steps": "--grad_accum",
+             "train_micro_batch_size_per_gpu": "--batch_size / (world size x --grad_accum)"}
+    for key, value in wanted.items():
+        if config.get(key, "auto") not in ("auto", value):
+            raise UserError(f"the DeepSpeed config sets {key} {config[key]} but {flags[key]} gives {value}: set it "
+                            f"to \"auto\" (ds_prompt fills it from the flags) or change the flag")
+    config.update(wanted, gradient_clipping=grad_clip)
     if config.get("bf16", {}).get("enabled") and not torch.cuda.is_available():
         raise UserError("this DeepSpeed config enables bf16, which is ~150x slower on CPU: use a *_cpu config")
     return config

@@ -20,8 +20,10 @@ from ds_prompt.data.encoding import BatchPlan, collate
 from ds_prompt.data.loading import load_examples
 from ds_prompt.data.tasks import get_task
 from ds_prompt.engine import setup as ds_setup
+from ds_prompt.engine import progress
 from ds_prompt.engine import state as ckpt
 from ds_prompt.engine.evaluate import evaluate
+from ds_prompt.engine.inference import eval_subset
 from ds_prompt.engine.loop import LoopState, log_window, save_run_checkpoint, train_steps
 from ds_prompt.engine.logging import RunLogger
 from ds_prompt.errors import UserError
@@ -39,10 +41,28 @@ def train(cfg: TrainConfig, prompt_override: torch.Tensor | None = None, model_t
     """Train a soft prompt per `cfg`; returns the final metrics (also in <output_dir>/metrics.json).
 
     `prompt_override` (a [L, d] tensor) replaces the init spec (transfer-init). `model_transform(backbone)`
-    edits the frozen backbone in place before the engine is built (FPT partial models).
+    edits the frozen backbone in place before the engine is built (FPT partial models). The output folder is
+    claimed first (`engine.run_folder`): locked, and resumed only if it holds this same run.
     """
-    out = ds_setup.start_run(cfg.resolved_output_dir(), cfg.seed)
     task = get_task(cfg.task)
+    ds_setup.init_distributed()
+    identity = train_identity(cfg, task, prompt_override is not None)
+    return ds_setup.run_in_claimed_folder(cfg.resolved_output_dir(), "train", identity, cfg.max_steps, cfg.resume,
+                                          cfg.overwrite, lambda: _train(cfg, task, prompt_override, model_transform))
+
+
+def train_identity(cfg: TrainConfig, task, init_tensor: bool = False) -> dict:
+    """What a resumed run must share with the run in its folder (recorded in run.json)."""
+    from ds_prompt.engine.run_folder import backbone_fingerprint, data_fingerprint
+    return {"model": cfg.model, "backbone": backbone_fingerprint(cfg.model), "task": task.name,
+            "data": data_fingerprint(task, cfg.data_dir), "seed": cfg.seed, "prompt_length": cfg.prompt_length,
+            "batch_size": cfg.batch_size, "init": "tensor" if init_tensor else cfg.init, "head": cfg.head,
+            "family": cfg.family, "max_length": cfg.max_length, "train_limit": cfg.train_limit,
+            "init_state": cfg.init_state}
+
+
+def _train(cfg: TrainConfig, task, prompt_override, model_transform) -> dict:
+    out = ds_setup.start_run(cfg.resolved_output_dir(), cfg.seed)
     train_examples = load_examples(task, "train", cfg.data_dir, limit=cfg.train_limit, seed=cfg.seed)
     eval_examples = load_examples(task, "eval", cfg.data_dir, limit=cfg.eval_limit, seed=cfg.seed)
     ds_config = ds_setup.ds_config_for(cfg)
@@ -75,6 +95,7 @@ def train(cfg: TrainConfig, prompt_override: torch.Tensor | None = None, model_t
         run = RunState(step=meta["step"], history=meta["history"], accuracy_before=meta["accuracy_before"],
                        tokens=meta.get("tokens", 0.0))
 
+    progress.track(out, run)
     ctx = _LoopContext(cfg, out, engine, scheduler, plan, train_enc, eval_enc, built, backbone)
     log = RunLogger(os.path.join(out, "tb"), cfg.max_steps, run.step, cfg.progress)
     if resumed:
@@ -177,7 +198,8 @@ def _finish(ctx: _LoopContext, run: RunState, final: dict, task) -> dict:
         raise UserError("the trained prompt is non-finite: lower --lr; no artifact was written")
     metrics = {"task": task.name, "model": cfg.model, "steps": run.step, "accuracy_before": run.accuracy_before,
                "accuracy": final["accuracy"], "eval_loss": final["loss"], "eval_n": final["n"],
-               "world_size": dist.world_size(), "history": run.history, "tokens": run.tokens}
+               "world_size": dist.world_size(), "history": run.history, "tokens": run.tokens,
+               "eval_subset": eval_subset(cfg.eval_limit, cfg.seed)}
     meta = {"backbone": cfg.model, "family": ctx.backbone.family.value, "task": task.name,
             "label_words": [list(w) for w in task.label_words], "labels": list(task.labels),
             "head": type(model.head).__name__, "init": cfg.init if isinstance(cfg.init, str) else "tensor",

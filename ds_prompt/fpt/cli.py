@@ -57,8 +57,34 @@ def fpt(plan: str, config: str | None = None, launcher: str | None = None, reset
         raise UserError(f"--max_steps {flags['max_steps']} differs from the {stages.total_steps} steps of plan "
                         f"'{plan}': drop --max_steps or edit the plan")
     cfg = dataclasses.replace(cfg, max_steps=stages.total_steps)
+    stages.check_against(*model_stacks(cfg.model))
     run_fpt(cfg, stages, launcher, score_samples, retries, backward, node_rank,
             None if pt_reference is None else str(pt_reference))
+
+
+def model_stacks(model: str) -> tuple[dict[str, int], int | None]:
+    """({stack: layers}, d_ff) of `model` from its config alone (no weights are loaded)."""
+    if model.startswith("tiny:"):
+        from ds_prompt.models.tiny import build_tiny
+        config = build_tiny(model.split(":", 1)[1])[0].config
+    else:
+        from transformers import AutoConfig
+
+        from ds_prompt.models.backbone import DEFAULT_MODEL, packaged_minilm_path
+        from ds_prompt.models.gguf import resolve_model
+        path = packaged_minilm_path() if model == DEFAULT_MODEL else resolve_model(model)[0]
+        try:
+            config = AutoConfig.from_pretrained(path)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read the config of --model '{model}' ({type(exc).__name__}): pass a local "
+                            f"HF model folder, a .gguf file or a reachable hub name") from None
+    layers = next(getattr(config, k) for k in ("num_hidden_layers", "num_layers", "n_layer") if hasattr(config, k))
+    stacks = {"encoder" if getattr(config, "is_encoder_decoder", False) else "layers": layers}
+    if getattr(config, "is_encoder_decoder", False):
+        stacks["decoder"] = getattr(config, "num_decoder_layers", None) or layers
+    d_ff = next((getattr(config, k) for k in ("intermediate_size", "d_ff", "n_inner") if getattr(config, k, None)),
+                None)
+    return stacks, d_ff
 
 
 def _validate_before_launch(cfg) -> None:

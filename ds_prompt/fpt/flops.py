@@ -6,9 +6,14 @@ left out. Per example with s prompted input tokens, each layer costs, forward:
   (d_model * k * (2 if gated else 1) + k * d_model for k kept neurons);
 - attention: QK^T and AV, 2 * 2 * s_q * s_k * d_attn (the full s^2, also for causal masks).
 T5's decoder runs ONE step (the class is read at the first decoder position): its self-attention and FFN
-see 1 token, its cross-attention projects the s encoder states to keys/values (2 * s * 2 * d_model * d_kv)
-and scores 1 x s.
-The head (MLM transform + one row per class at one position) is counted separately and is negligible.
+see 1 token. Its cross-attention takes ds_prompt's factored one-query path (`models/t5_step.py`): the query
+is moved into the key space per head (q_h Wk_h, 2 * d_attn * d_model) and the pooled encoder states out of
+it (2 * d_attn * d_model), so the s encoder states are never projected; scores and pooling cost
+2 * 2 * s * heads * d_model (both operands activations). Models without the head count (ledgers written
+before it was recorded) keep the standard path's count (2 * s * 2 * d_model * d_kv to project keys/values).
+The head (MLM transform + one row per class at one position) is counted separately and is negligible; an
+embedding -> hidden projection (ELECTRA) is counted over every token, like a layer that is never dropped.
+`tests/test_fpt_partial.py` checks the forward count against `torch.utils.flop_counter` for every tiny arch.
 
 Backward ("activations", the default): prompt tuning needs gradients w.r.t. activations only, because the
 frozen weights get no gradient; every weight matmul Y = X W costs one more matmul dX = dY W^T (1x its
@@ -59,6 +64,8 @@ class ModelShape:
     gated: bool
     layers: dict = field(default_factory=dict)
     head_params: int = 0
+    heads: int = 0
+    input_proj_params: int = 0  # ELECTRA-style embedding -> hidden projection, applied to every token
 
     @classmethod
     def from_model(cls, model, family: Family, num_classes: int = 2) -> "ModelShape":
@@ -74,12 +81,14 @@ class ModelShape:
         for stack in layer_stacks(model):
             layers[stack.role] = layers.get(stack.role, 0) + len(stack.layers)
         head = (d * d if family is Family.MLM else 0) + d * num_classes
-        return cls(family, d, heads * head_dim, kv_heads * head_dim, ref.d_ff, ref.gated, layers, head)
+        emb = getattr(cfg, "embedding_size", None) or d
+        return cls(family, d, heads * head_dim, kv_heads * head_dim, ref.d_ff, ref.gated, layers, head, heads,
+                   emb * d if emb != d else 0)
 
     def to_dict(self) -> dict:
         return {"family": self.family.value, "d_model": self.d_model, "d_attn": self.d_attn, "d_kv": self.d_kv,
                 "d_ff": self.d_ff, "gated": self.gated, "layers": dict(self.layers),
-                "head_params": self.head_params}
+                "head_params": self.head_params, "heads": self.heads, "input_proj_params": self.input_proj_params}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelShape":
@@ -123,13 +132,19 @@ def encoder_layer_flops(shape: ModelShape, lengths: LengthStats, neurons: int) -
 
 
 def t5_decoder_layer_flops(shape: ModelShape, lengths: LengthStats, neurons: int, steps: int = 1) -> LayerFlops:
-    """A T5 decoder layer run for `steps` decoder tokens over s encoder states."""
+    """A T5 decoder layer run for `steps` decoder tokens over s encoder states (the factored cross-attention
+    when `steps` is 1 and the head count is known; see the module docstring)."""
     qo, kv = _attn_proj_params(shape)
     t = steps
     self_attn = 2 * t * (qo + kv)
-    cross = 2 * t * qo + 2 * lengths.mean * kv
+    if t == 1 and shape.heads:
+        cross = 2 * t * (qo + 2 * shape.d_attn * shape.d_model)
+        cross_attention = 2 * 2 * t * lengths.mean * shape.heads * shape.d_model
+    else:
+        cross = 2 * t * qo + 2 * lengths.mean * kv
+        cross_attention = 2 * 2 * t * lengths.mean * shape.d_attn
     weights = self_attn + cross + 2 * t * _ffn_params(shape, neurons)
-    attention = 2 * 2 * (t * t + t * lengths.mean) * shape.d_attn
+    attention = 2 * 2 * t * t * shape.d_attn + cross_attention
     return LayerFlops(weights, attention)
 
 
@@ -146,7 +161,7 @@ def step_flops(shape: ModelShape, lengths: LengthStats, batch_size: int, depth=1
     `layers_only` leaves out the head (a cost model of the transformer layers alone)."""
     from ds_prompt.fpt.partial import PartialModelSpec
     spec = PartialModelSpec(depth, width)
-    per_example = 0.0
+    per_example = LayerFlops(2 * lengths.mean * shape.input_proj_params, 0.0).step(backward)
     for role, count in shape.layers.items():
         per_layer = layer_flops(shape, role, lengths, spec.neurons_for(shape.d_ff)).step(backward)
         per_example += spec.layers_for(count) * per_layer

@@ -69,6 +69,28 @@ class StagePlan:
     def launcher_for(self, index: int) -> str | None:
         return self.stages[index].launcher or self.launcher
 
+    def check_against(self, stacks: dict[str, int], d_ff: int | None = None) -> None:
+        """UserError, before any stage runs, if a stage asks for more layers than a stack has, if the plan
+        shrinks (a later stage keeps fewer layers or FFN neurons than an earlier one) or if it does not end on
+        the full model (the final prompt must come from the model users run). `stacks`: layers per stack."""
+        previous = None
+        for index, stage in enumerate(self.stages):
+            spec = stage.spec
+            try:
+                shape = (tuple(spec.layers_for(n) for n in stacks.values()), spec.width)
+            except UserError as exc:
+                raise UserError(f"stage {index}: {exc}") from None
+            if d_ff is not None and spec.width < 1.0 and round(spec.width * d_ff) < 1:
+                raise UserError(f"stage {index}: width {spec.width} keeps no FFN neuron of {d_ff}")
+            if previous is not None and (any(a < b for a, b in zip(shape[0], previous[0])) or shape[1] < previous[1]):
+                raise UserError(f"stage {index} (depth {stage.depth}, width {stage.width}) is smaller than stage "
+                                f"{index - 1}: FPT only expands; order the stages from small to full")
+            previous = shape
+        full = tuple(stacks.values())
+        if previous != (full, 1.0):
+            raise UserError(f"the last stage keeps layers {previous[0]} of {full} and width {previous[1]}: end the "
+                            f"plan with the full model (depth 1.0, width 1.0), whose prompt users run")
+
     def to_dict(self) -> dict:
         out = {"stages": [s.to_dict() for s in self.stages]}
         return out if self.launcher is None else dict(out, launcher=self.launcher)

@@ -45,6 +45,7 @@ from ds_prompt.faults import fault_point
 from ds_prompt.fpt.flops import BACKWARD_CONVENTIONS, LengthStats, ModelShape, step_flops
 from ds_prompt.fpt.partial import PartialModelSpec, apply_partial, neuron_scores
 from ds_prompt.fpt.plan import StagePlan
+from ds_prompt.engine.run_folder import take_lock
 from ds_prompt.fpt.report import build_report, compare_with_pt, write_tensorboard
 from ds_prompt.io import atomic_path, ensure_writable_dir, write_json, write_tensors
 
@@ -433,6 +434,17 @@ def run_fpt(cfg: TrainConfig, plan: StagePlan, launcher: str | None = None, scor
     root = Path(cfg.resolved_output_dir())
     ensure_writable_dir(root)
     leader = node_rank == 0
+    lock = take_lock(root) if leader else None  # one scheduler per folder (node 0); released when it exits
+    try:
+        return _run_plan(cfg, plan, root, leader, launcher, score_samples, retries, backward, node_rank,
+                         pt_reference)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _run_plan(cfg: TrainConfig, plan: StagePlan, root: Path, leader: bool, launcher: str | None,
+              score_samples: int, retries: int, backward: str, node_rank: int, pt_reference: str | None) -> dict:
     ledger = Ledger.open(root / LEDGER, plan, cfg) if leader else Ledger.check(root / LEDGER, plan, cfg)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None

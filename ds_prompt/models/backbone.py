@@ -126,6 +126,10 @@ def load_backbone(name: str = DEFAULT_MODEL, family: str | Family | None = None,
                             f"a .gguf file, a reachable hub name, '{DEFAULT_MODEL}', '{SMOLLM2}' or "
                             f"tiny:<arch>") from None
         fam = parse_family(family) or detect_family(config)
+        if fam is not Family.ENCODER and detect_family(config) is Family.ENCODER:
+            raise UserError(f"--family {fam.value} scores label words with an LM head, but '{name}' is an "
+                            f"embedding-only encoder ({', '.join(getattr(config, 'architectures', None) or [])}"
+                            f"): drop --family (similarity or linear head), or pass a checkpoint with an LM head")
         kwargs = dict(dtype=torch_dtype, attn_implementation=attn_implementation)
         qconfig = _quantization_config(quantization, torch_dtype)
         if qconfig is not None:

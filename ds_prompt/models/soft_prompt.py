@@ -50,6 +50,24 @@ def _vocab_rows(embedding: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
         return embedding.weight[ids].detach().float().clone()
 
 
+def check_init_spec(init: str) -> None:
+    """UserError unless `init` is a well-formed init spec (checked when flags are parsed, before any work)."""
+    kind, sep, arg = str(init).partition(":")
+    if kind == "normal" and sep:
+        try:
+            std = float(arg)
+        except ValueError:
+            raise UserError(f"--init '{init}': the std after 'normal:' must be a number, e.g. normal:0.02") from None
+        if not math.isfinite(std) or std <= 0:
+            raise UserError(f"--init '{init}': the std must be a finite number > 0, e.g. normal:0.02")
+    elif kind in ("uniform", "vocab") and sep:
+        raise UserError(f"--init '{init}': {kind} takes no argument")
+    elif kind in ("text", "file", "library") and not arg.strip():
+        raise UserError(f"--init '{init}' needs a value after '{kind}:'")
+    elif kind not in ("normal", "uniform", "vocab", "text", "file", "library"):
+        raise UserError(f"unknown --init '{init}': use one of {INIT_CHOICES}")
+
+
 def init_prompt_tensor(init: str, length: int, embedding: nn.Embedding, tokenizer, seed: int) -> torch.Tensor:
     """An initial prompt [length, d] from an init spec (see INIT_CHOICES). Same seed -> same tensor."""
     d = embedding.embedding_dim

@@ -28,6 +28,7 @@ from ds_prompt.builders import load_model_for
 from ds_prompt.data.loading import load_examples
 from ds_prompt.data.tasks import get_task
 from ds_prompt.engine import setup as ds_setup
+from ds_prompt.engine import progress
 from ds_prompt.engine import state as ckpt
 from ds_prompt.engine.evaluate import evaluate
 from ds_prompt.engine.logging import RunLogger
@@ -108,7 +109,8 @@ class SPTConfig:
     save_every: int = 100
     keep_checkpoints: int = 2
     log_every: int = 10
-    resume: bool = True
+    resume: bool = True                   # the same run only (run.json); false in a used folder is refused
+    overwrite: bool = False               # clear a used --output_dir completely before starting
     progress: bool = True
 
     def resolved_output_dir(self) -> str:
@@ -175,10 +177,30 @@ class _Context:
 
 
 def train(cfg: SPTConfig) -> dict:
-    """Train an SPT bank per `cfg`; returns the metrics (also <output_dir>/metrics.json and spt_eval.json)."""
+    """Train an SPT bank per `cfg`; returns the metrics (also <output_dir>/metrics.json and spt_eval.json).
+    The output folder is claimed first (`engine.run_folder`): locked, resumed only if it holds this run."""
     mode = parse_choice(Mode, cfg.mode, "mode")
-    out = ds_setup.start_run(cfg.resolved_output_dir(), cfg.seed)
     seen, heldout = _task_specs(cfg)
+    ds_setup.init_distributed()
+    return ds_setup.run_in_claimed_folder(cfg.resolved_output_dir(), "spt", spt_identity(cfg, mode, seen, heldout),
+                                          0 if mode is Mode.UNTRAINED else cfg.max_steps, cfg.resume, cfg.overwrite,
+                                          lambda: _train(cfg, mode, seen, heldout))
+
+
+def spt_identity(cfg: SPTConfig, mode: Mode, seen: list, heldout: list) -> dict:
+    """What a resumed SPT run must share with the run in its folder (recorded in run.json)."""
+    from ds_prompt.engine.run_folder import backbone_fingerprint, data_fingerprint
+    return {"model": cfg.model, "backbone": backbone_fingerprint(cfg.model), "mode": mode.value,
+            "tasks": [t.name for t in seen], "heldout": [t.name for t in heldout],
+            "data": {t.name: data_fingerprint(t, cfg.data_dir) for t in seen + heldout}, "seed": cfg.seed,
+            "batch_size": cfg.batch_size, "bank": [cfg.bank_size, cfg.memory_length, cfg.top_k,
+                                                   cfg.task_prompt, cfg.task_prompt_length, cfg.query_source],
+            "head": cfg.head, "init": cfg.init, "init_bank": cfg.init_bank, "max_length": cfg.max_length,
+            "train_limit": cfg.train_limit, "instruction_in_input": cfg.instruction_in_input}
+
+
+def _train(cfg: SPTConfig, mode: Mode, seen: list, heldout: list) -> dict:
+    out = ds_setup.start_run(cfg.resolved_output_dir(), cfg.seed)
     ds_config = ds_setup.ds_config_for(cfg)
     with ds_setup.sharded_loading(ds_config):  # ZeRO-3: weights are partitioned as they load
         backbone = load_model_for(cfg.model, cfg.family, cfg.dtype, None, cfg.attn_implementation)
@@ -199,6 +221,7 @@ def train(cfg: SPTConfig) -> dict:
         run = RunState(step=meta["step"], history=meta["history"], before=meta["before"], tokens=meta["tokens"])
 
     max_steps = 0 if mode is Mode.UNTRAINED else cfg.max_steps
+    progress.track(out, run)
     ctx = _Context(cfg, out, engine, scheduler, plan, suite, model, backbone, bank, len(seen), max_steps)
     log = RunLogger(os.path.join(out, "tb"), max_steps, run.step, cfg.progress)
     if resumed:

@@ -270,6 +270,14 @@ def compute_indicators(prompts, metric="all", output_dir: str = "runs/indicators
     metrics = parse_metrics(metric)
     refs = load_prompt_set(prompts)
     matrix = read_csv(against, ("source", "target", "accuracy")) if against else None
+    for i, row in enumerate(matrix or [], start=2):
+        try:
+            value = float(row["accuracy"])
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not math.isfinite(value):
+            raise UserError(f"--against {against} line {i}: accuracy {row['accuracy']!r} is not a number: pass the "
+                            f"matrix.csv written by `ds-prompt transfer matrix`")
     recorder = None
     if "on" in metrics:
         ds_setup.init_distributed()

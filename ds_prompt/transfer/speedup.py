@@ -65,7 +65,7 @@ def transfer_speedup(cfg: TrainConfig, init: str) -> dict:
     """Train from `cfg.init` and from `init` (same seed/budget) under <output_dir>/{random,transfer}; write
     speedup.json and speedup.png into <output_dir>. Returns the summary."""
     out = Path(cfg.output_dir or Path("runs") / f"speedup-{cfg.task}-{cfg.model.replace('/', '_').replace(':', '_')}")
-    base = dataclasses.replace(cfg, resume=False, save_every=0,
+    base = dataclasses.replace(cfg, resume=False, overwrite=True, save_every=0,
                                eval_every=cfg.eval_every or max(1, cfg.max_steps // 20))
     inits = {"random": cfg.init, "transfer": transfer_init_spec(init, cfg.task, cfg.model)}
     metrics = {run: train(dataclasses.replace(base, output_dir=str(out / run), init=inits[run])) for run in RUNS}

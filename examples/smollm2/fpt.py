@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import DATA, LR, MODEL, RESULTS, RUNS, SAVE_EVERY, cli, log, meta_json, read_json, write_csv  # noqa: E402
+from common import (DATA, LR, MODEL, RESULTS, RUNS, SAVE_EVERY, cli, figure, finish_axes, log,  # noqa: E402
+                    meta_json, read_json, save_figure, write_csv)
 
 TASKS, PLANS = ("sst2", "agnews"), ("pt", "ld", "fr", "cr")
 STEPS, EVAL_EVERY, EVAL, SEED = 250, 25, 500, 42
@@ -33,23 +34,15 @@ def run(task: str, plan: str) -> dict:
 
 
 def plot(reports: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(TASKS), figsize=(5.5 * len(TASKS), 4))
+    fig, axes = figure(len(TASKS), (5.5, 4))
     for ax, task in zip(axes, TASKS):
         for plan in PLANS:
             curve = reports[task][plan]["curve"]
             ax.plot([p["flops"] / 1e15 for p in curve], [p["accuracy"] for p in curve], marker="o", ms=2.5,
                     label=plan)
-        ax.set_xlabel("training PFLOPs (analytic)")
-        ax.set_ylabel("eval accuracy (partial model before the last stage)")
-        ax.set_title(f"FPT on {MODEL}: {task}")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        finish_axes(ax, "training PFLOPs (analytic)", "eval accuracy (partial model before the last stage)",
+                    f"FPT on {MODEL}: {task}")
+    save_figure(fig, path)
 
 
 def main() -> None:

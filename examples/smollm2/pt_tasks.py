@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (EVAL_LIMIT, LR, MODEL, RESULTS, RUNS, SEEDS, STEPS, finished, log, meta_json,  # noqa: E402
-                    train, write_csv)
+from common import (EVAL_LIMIT, INIT, LR, MODEL, RESULTS, RUNS, SEEDS, STEPS, finished, log,  # noqa: E402
+                    meta_json, train, write_csv)
 
 TASKS = ("sst2", "mr", "agnews", "qnli", "snli", "rte", "mrpc", "cola")
 MULTI_SEED = ("sst2", "agnews", "qnli")
@@ -43,7 +43,7 @@ def main(phase: str = "all") -> None:
                      "accuracy_before": round(m["accuracy_before"], 4), "accuracy": round(m["accuracy"], 4)})
     write_csv(RESULTS / "pt_tasks.csv", rows)
     meta_json("pt_tasks", steps=STEPS, lr=LR, eval_limit=EVAL_LIMIT, seeds=list(SEEDS), multi_seed=MULTI_SEED,
-              batch_size=16, prompt_length=20, init="normal:0.02")
+              batch_size=16, prompt_length=20, init=INIT)
     log(f"pt_tasks done ({MODEL})")
 
 

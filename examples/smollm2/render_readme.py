@@ -62,7 +62,8 @@ def pt_section() -> list[str]:
     meta = _meta("pt_tasks")
     learned = [t for t, rs in by_task.items()
                if mean_se([float(r["accuracy"]) - float(r["accuracy_before"]) for r in rs])[0] >= 0.05]
-    return [_caption("pt_tasks", steps=meta.get("steps"), lr=meta.get("lr"), **{"batch": 16, "prompt": 20}),
+    return [_caption("pt_tasks", steps=meta.get("steps"), lr=meta.get("lr"), init=meta.get("init"),
+                     **{"batch": 16, "prompt": 20}),
             "", *_table(["task", "kind", "seeds", "n eval", "untrained prompt", "trained prompt"], table), "",
             f"Accuracy ± standard error over seeds. Prompts gained >= 5 points on {len(learned)} of {len(by_task)} "
             f"tasks ({', '.join(learned) or 'none'})."]

@@ -1,5 +1,6 @@
-"""Transferable prompt tuning (TPT) on SmolLM2-135M: mr from a random init, from the sst2 prompt (similar
-task) and from the agnews prompt (dissimilar task), 3 seeds each, same data order and budget per seed.
+"""Transferable prompt tuning (TPT) on SmolLM2-135M: mr from a random init (N(0, 0.02), the paper's
+baseline), from sampled vocabulary embeddings (the init of this project's PT runs), from the sst2 prompt
+(similar task) and from the agnews prompt (dissimilar task), 3 seeds each, same data order and budget.
 
 For each seed the random-init run's final accuracy is the target; the table gives the steps and FLOPs each
 init needed to first reach it (evaluated every EVAL_EVERY steps on <= EVAL examples; FLOPs = 4 N tokens, as
@@ -13,18 +14,18 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import MODEL, RESULTS, RUNS, SEEDS, log, meta_json, train, write_csv  # noqa: E402
+from common import (MODEL, RESULTS, RUNS, SEEDS, figure, finish_axes, log, meta_json, save_figure,  # noqa: E402
+                    train, write_csv)
 from pt_tasks import prompt_dir  # noqa: E402
 
 TARGET, STEPS, EVAL_EVERY, EVAL = "mr", 150, 15, 500
-INITS = {"random": None, "sst2": "sst2", "agnews": "agnews"}
+INITS = {"random": "normal:0.02", "vocab": "vocab", "sst2": f"file:{prompt_dir('sst2')}",
+         "agnews": f"file:{prompt_dir('agnews')}"}
 
 
 def run(init: str, seed: int) -> dict:
-    source = INITS[init]
-    extra = () if source is None else ("--init", f"file:{prompt_dir(source)}")
     return train(RUNS / "tpt" / f"{init}-s{seed}", TARGET, seed, steps=STEPS, eval_every=EVAL_EVERY,
-                 eval_limit=EVAL, extra=extra)
+                 eval_limit=EVAL, init=INITS[init])
 
 
 def flops_per_token() -> float:
@@ -34,22 +35,15 @@ def flops_per_token() -> float:
 
 
 def plot(curves: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = figure()
     for init, per_seed in curves.items():
         steps = [s for s, _ in per_seed[0]]
         mean = [sum(c[i][1] for c in per_seed) / len(per_seed) for i in range(len(steps))]
-        ax.plot(steps, mean, marker="o", ms=3, label=f"init: {init}" + (" prompt" if init != "random" else ""))
-    ax.set_xlabel("step")
-    ax.set_ylabel(f"{TARGET} accuracy (mean of {len(SEEDS)} seeds)")
-    ax.set_title(f"TPT on {MODEL}: {TARGET} from transferred vs random init")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        ax.plot(steps, mean, marker="o", ms=3, label=f"init: {init}" + (" prompt" if init in ("sst2", "agnews")
+                                                                        else ""))
+    finish_axes(ax, "step", f"{TARGET} accuracy (mean of {len(SEEDS)} seeds)",
+                f"TPT on {MODEL}: {TARGET} from transferred vs random init")
+    save_figure(fig, path)
 
 
 def main() -> None:

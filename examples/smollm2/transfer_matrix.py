@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import DATA, RESULTS, RUNS, cli, log, meta_json, read_json, write_csv  # noqa: E402
+from common import DATA, RESULTS, RUNS, cli, figure, log, meta_json, read_json, save_figure, write_csv  # noqa: E402
 from pt_tasks import TASKS, prompt_dir  # noqa: E402
 
 LIMIT = 500
@@ -47,13 +47,10 @@ def merged_rows() -> list[dict]:
 
 
 def heatmap(rows: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     sources = list(TASKS) + ["random"]
     grid = [[next(float(r["accuracy"]) for r in rows if r["source"] == s and r["target"] == t) for t in TASKS]
             for s in sources]
-    fig, ax = plt.subplots(figsize=(8, 6.5))
+    fig, ax = figure(size=(8, 6.5))
     image = ax.imshow(grid, cmap="viridis", vmin=0.2, vmax=1.0)
     ax.set_xticks(range(len(TASKS)), TASKS, rotation=45)
     ax.set_yticks(range(len(sources)), [s + (" *" if any(r["weak_source"] for r in rows if r["source"] == s)
@@ -66,9 +63,7 @@ def heatmap(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("source prompt (* own task < random + 5 pts)")
     ax.set_title(f"Zero-shot prompt transfer on SmolLM2-135M (<= {LIMIT} eval examples)")
     fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def eval_counts() -> None:

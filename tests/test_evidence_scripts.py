@@ -1,0 +1,96 @@
+"""The SmolLM2 evidence scripts' own logic, on synthetic results: README tables and verdicts are rendered from
+the CSVs (each verdict follows its stated rule), and the plots are written."""
+import csv
+import json
+import sys
+
+import pytest
+
+from tests.helpers import REPO
+
+sys.path.insert(0, f"{REPO}/examples/smollm2")
+import common  # noqa: E402
+import render_readme  # noqa: E402
+
+TASKS = ("sst2", "mr", "agnews", "qnli", "snli", "rte", "mrpc", "cola")
+
+
+def _csv(folder, name, rows):
+    with open(folder / f"{name}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (folder / f"{name}.json").write_text(json.dumps({"model": "smollm2", "date": "2026-12-02", "steps": 250,
+                                                     "seeds": [42, 43, 44], "heldout": ["rte", "qnli", "snli"],
+                                                     "seen": ["sst2"], "eval_limit": 300}))
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    monkeypatch.setattr(render_readme, "RESULTS", tmp_path)
+    return tmp_path
+
+
+def test_pending_sections_when_nothing_ran(results):
+    text = render_readme.render()
+    assert text.count("Pending:") == len(render_readme.SECTIONS)
+
+
+def test_matrix_verdict_follows_its_rule(results):
+    def acc(s, t):
+        if s == "random":
+            return 0.5
+        return 0.8 if render_readme.KIND[s] == render_readme.KIND[t] else 0.52
+    rows = [{"source": s, "target": t, "accuracy": acc(s, t), "n_eval": 500, "weak_source": s == "cola"}
+            for s in TASKS + ("random",) for t in TASKS]
+    _csv(results, "transfer_matrix", rows)
+    section = "\n".join(render_readme.matrix_section())
+    assert "**reproduced**" in section and "cola (weak)" in section
+    assert "+30.0 points" in section and "+2.0" in section  # same-kind gain 0.3, other pairs 0.02
+    for r in rows:
+        r["accuracy"] = 0.5 if r["source"] == "random" else 0.53  # every pair +3 points: not similar-task transfer
+    _csv(results, "transfer_matrix", rows)
+    assert "**not reproduced**" in "\n".join(render_readme.matrix_section())
+
+
+def test_pt_spt_fpt_tpt_tables(results):
+    _csv(results, "pt_tasks", [{"task": "sst2", "seed": s, "steps": 250, "n_eval": 872, "accuracy_before": 0.5,
+                                "accuracy": a} for s, a in ((42, 0.8), (43, 0.9), (44, 0.85))])
+    pt = "\n".join(render_readme.pt_section())
+    assert "0.850 ± 0.029" in pt and "1 of 1 tasks (sst2)" in pt
+    _csv(results, "spt", [{"mode": m, "seed": s, "steps": 300, "rte": v, "qnli": v, "snli": v, "heldout_mean": v,
+                           "n_eval": "277/300/300"} for m, v in (("spt", 0.6), ("shared", 0.5)) for s in (42, 43)])
+    assert "**reproduced**" in "\n".join(render_readme.spt_section())
+    _csv(results, "fpt", [{"task": "sst2", "plan": p, "accuracy": 0.8, "flops_fraction": f, "pt_accuracy_at_equal_flops":
+                           0.7, "pt_final_accuracy": 0.8, "flops_to_pt_final_fraction": r, "wall_s": 10, "steps": 250,
+                           "n_eval": 500} for p, f, r in (("pt", 1.0, 1.0), ("ld", 0.7, 0.65), ("cr", 0.6, ""))])
+    assert "reproduced for 1 of 2 task/plan pairs" in "\n".join(render_readme.fpt_section())
+    _csv(results, "tpt", [{"init": i, "seed": 42, "accuracy_at_init": 0.5, "final_accuracy": 0.8,
+                           "target_accuracy": 0.8, "steps_to_target": st, "tflops_to_target": 1.0, "max_steps": 150,
+                           "eval_every": 15, "n_eval": 500} for i, st in (("random", 150), ("sst2", 30))])
+    assert "**reproduced**" in "\n".join(render_readme.tpt_section())
+
+
+def test_readme_block_is_replaced_in_place(results, tmp_path, monkeypatch):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{render_readme.BEGIN}\nold\n{render_readme.END}\noutro\n")
+    monkeypatch.setattr(render_readme, "ROOT", tmp_path)
+    render_readme.main()
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text and "Pending:" in text
+    assert (results / "EVIDENCE.md").is_file()
+
+
+def test_plots_are_written(tmp_path):
+    import fpt
+    import tpt
+    import transfer_matrix
+    curve = [{"step": s, "flops": s * 1e12, "accuracy": 0.5 + s / 1000, "full_model": True} for s in (0, 50, 100)]
+    fpt.plot({t: {p: {"curve": curve} for p in fpt.PLANS} for t in fpt.TASKS}, tmp_path / "fpt.png")
+    tpt.plot({i: [[(0, 0.5), (15, 0.6)]] * 2 for i in tpt.INITS}, tmp_path / "tpt.png")
+    rows = [{"source": s, "target": t, "accuracy": 0.6, "weak_source": False} for s in TASKS + ("random",)
+            for t in TASKS]
+    transfer_matrix.heatmap(rows, tmp_path / "matrix.png")
+    for name in ("fpt", "tpt", "matrix"):
+        assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    assert common.mean_se([1.0, 3.0]) == (2.0, 1.0)

@@ -36,10 +36,34 @@ FAMILY_ARCH = {"mlm": "bert", "causal": "gpt2", "seq2seq": "t5"}
 PEFT_TASK = {"mlm": "FEATURE_EXTRACTION", "causal": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM"}
 
 
+# Random-init causal models with the shapes of real ones: the speed of a step does not depend on the weights.
+LLAMA_SHAPES = {"smollm2": dict(hidden_size=576, num_hidden_layers=30, intermediate_size=1536, num_attention_heads=9,
+                                num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True),
+                "llama1b": dict(hidden_size=2048, num_hidden_layers=16, intermediate_size=5632,
+                                num_attention_heads=32, num_key_value_heads=4, vocab_size=32000)}
+SIZES = ["tiny", "small", *LLAMA_SHAPES]
+
+
+def build_llama(size: str):
+    """A random-init Llama of a real model's shape (SmolLM2-135M, a 1.1B Llama) with the tiny tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ds_prompt.models import tiny
+    _, tok = tiny.build_tiny("llama")
+    config = LlamaConfig(**LLAMA_SHAPES[size], max_position_embeddings=2048, pad_token_id=tok.pad_token_id,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    return LlamaForCausalLM(config), tok
+
+
 def build_model(family: str, size: str):
-    """A random-init model of `family`: 'tiny' (2 layers, d=32) or 'small' (6 layers, d=384, like MiniLM)."""
+    """A random-init model of `family`: 'tiny' (2 layers, d=32), 'small' (6 layers, d=384, like MiniLM), or
+    (causal only) the shape of SmolLM2-135M ('smollm2') or of a 1.1B Llama ('llama1b')."""
     from ds_prompt.models import tiny
     arch = FAMILY_ARCH[family]
+    if size in LLAMA_SHAPES:
+        if family != "causal":
+            raise SystemExit(f"--size {size} is a causal (Llama) shape: use --family causal")
+        return build_llama(size)
     if size == "tiny":
         return tiny.build_tiny(arch)
     saved = (tiny.D_MODEL, tiny.N_LAYERS, tiny.N_HEADS, tiny.D_FF)
@@ -201,7 +225,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--model", default=None,
                         help="a pretrained backbone as `ds-prompt train --model` takes it (smollm2, .gguf, ...)")
     parser.add_argument("--quick", action="store_true", help="tiny config, few steps: under a minute on CPU")
-    parser.add_argument("--size", choices=["tiny", "small"], default="small")
+    parser.add_argument("--size", choices=SIZES, default="small")
     parser.add_argument("--task", default="demo")
     parser.add_argument("--data_dir", default=None)
     parser.add_argument("--steps", type=int, default=30)

@@ -27,6 +27,15 @@ SENTENCES = [("the movie was a total delight from start to end", "i loved it"),
              ("meh", "ok")]
 
 
+def subprocess_env(**extra) -> dict:
+    """The environment for a `ds-prompt` subprocess: CPU DeepSpeed, this checkout on the path, and none of the
+    process-group variables that in-process tests leave behind (a stale MASTER_PORT would be taken)."""
+    env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONPATH=REPO, **extra)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
 def encode_texts_fn(backbone):
     tok = backbone.tokenizer
 

@@ -1,23 +1,19 @@
 """The bench/ interface contract: `python -m bench.peft_compare --family F --quick` ends with one line
 `tokens_per_s_ratio=<ds_prompt/PEFT>`, after one result line per system from the same process run."""
-import os
 import re
 import subprocess
 import sys
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, subprocess_env
 
 pytest.importorskip("peft")
 
 
 @pytest.mark.parametrize("family", ["mlm", "causal", "seq2seq", "gguf"])
 def test_peft_compare_quick_prints_the_ratio_line(family, tmp_path):
-    env = dict(os.environ, DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=REPO,
-               DS_PROMPT_CACHE=str(tmp_path / "cache"))
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):  # set by in-process tests
-        env.pop(key, None)
+    env = subprocess_env(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", DS_PROMPT_CACHE=str(tmp_path / "cache"))
     if family == "gguf":  # a pretrained-backbone path: --model takes what `ds-prompt train --model` takes
         from tests.gguf_helpers import write_tiny_llama_gguf
         target = ["--model", str(write_tiny_llama_gguf(tmp_path / "tiny.gguf"))]

@@ -2,7 +2,6 @@
 plan needs to reach PT's final accuracy (hand-computed), and `ds-prompt fpt` end to end through the CLI with a
 linear schedule (whose schedule_steps once reached the stage job as a string)."""
 import json
-import os
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -11,7 +10,7 @@ import pytest
 
 from ds_prompt.errors import UserError
 from ds_prompt.fpt.report import compare_with_pt, flops_curve
-from tests.helpers import REPO
+from tests.helpers import REPO, subprocess_env
 
 
 def _records():
@@ -65,9 +64,7 @@ def test_compare_with_pt_at_equal_flops_and_flops_to_reach(tmp_path):
 
 
 def _fpt(tmp_path, plan, out, *extra):
-    env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONPATH=REPO)
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
+    env = subprocess_env()
     cmd = [sys.executable, "-m", "ds_prompt.cli", "fpt", "--plan", plan, "--model", "tiny:bert", "--task", "demo",
            "--max_steps", "5", "--train_limit", "32", "--eval_limit", "16", "--batch_size", "8",
            "--prompt_length", "4", "--eval_every", "1", "--scheduler", "linear", "--warmup_steps", "1",

@@ -15,7 +15,7 @@ from ds_prompt.errors import UserError
 from ds_prompt.models import gguf as gguf_mod
 from ds_prompt.models.backbone import load_backbone
 from tests.gguf_helpers import write_tiny_llama_gguf
-from tests.helpers import REPO
+from tests.helpers import REPO, subprocess_env
 
 pytest.importorskip("gguf")
 
@@ -90,7 +90,7 @@ def test_gguf_errors_name_the_fix(tmp_path, cache, monkeypatch):
 
 def test_cli_train_evaluate_on_a_gguf_file_records_its_source(tmp_path):
     path = write_tiny_llama_gguf(tmp_path / "m" / "tiny.gguf")
-    env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONPATH=REPO, DS_PROMPT_CACHE=str(tmp_path / "cache"))
+    env = subprocess_env(DS_PROMPT_CACHE=str(tmp_path / "cache"))
     out = tmp_path / "run"
     common = ["--task", "demo", "--data_dir", os.path.join(REPO, "ds_prompt", "data", "demo")]
     run = subprocess.run([sys.executable, "-m", "ds_prompt.cli", "train", "--model", str(path), *common[:2],

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from ds_prompt.artifacts import save_prompt
 from ds_prompt.cli import main
 from ds_prompt.engine.run_folder import take_lock
-from tests.helpers import REPO
+from tests.helpers import REPO, subprocess_env
 
 BASE = ["--model", "tiny:bert", "--task", "demo", "--train_limit", "32", "--eval_limit", "16", "--batch_size",
         "8", "--prompt_length", "4", "--progress", "False", "--eval_every", "0"]
@@ -112,9 +112,7 @@ def test_train_and_evaluate_score_the_same_subset(tmp_path, capsys):
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interruption_is_one_line_and_the_rerun_resumes(sig, code, tmp_path):
     out = tmp_path / "run"
-    env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONPATH=REPO)
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
+    env = subprocess_env()
     argv = [sys.executable, "-m", "ds_prompt.cli", "train", *BASE, "--max_steps", "300", "--save_every", "2",
             "--output_dir", str(out)]
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -263,9 +261,7 @@ def test_two_ranks_print_one_error_line_in_all(case, tmp_path):
     """Under torchrun every rank reaches the error (a bad flag; a folder whose lock rank 0 cannot take, which
     rank 0 broadcasts); only global rank 0 prints it, and nothing is written."""
     out = tmp_path / "run"
-    env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONPATH=REPO, OMP_NUM_THREADS="1")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
+    env = subprocess_env(OMP_NUM_THREADS="1")
     extra, needle, holder = ["--lr", "nan"], "--lr nan must be a finite number", None
     if case == "locked folder":
         out.mkdir()

@@ -329,7 +329,9 @@ def test_transfer_matrix_rejects_mismatched_width(tmp_path):
     with pytest.raises(UserError, match="d=16 but the model expects 32: map it with `ds-prompt projector apply`"):
         transfer_matrix(p, "sst2", data_dir=data)
     linear = tmp_path / "linear"
-    save_prompt(linear, torch.zeros(4, 32), {"backbone": "tiny:bert_encoder", "task": "sst2", "head": "LinearHead"})
+    save_prompt(linear, torch.zeros(4, 32), {"backbone": "tiny:bert_encoder", "task": "sst2", "head": "LinearHead",
+                                             "labels": ["negative", "positive"]},
+                {"head.linear.weight": torch.zeros(2, 32), "head.linear.bias": torch.zeros(2)})
     with pytest.raises(UserError, match="linear head trained for sst2: it cannot score rte"):
         transfer_matrix(str(linear), "sst2,rte", data_dir=data)
 

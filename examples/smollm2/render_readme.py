@@ -27,9 +27,16 @@ def _meta(name: str) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _rows(name: str) -> list[dict] | None:
+class _Pending(Exception):
+    """An experiment whose CSV is not there yet (its script is named after it)."""
+
+
+def _results(name: str) -> tuple[list[dict], dict]:
+    """(rows of docs/results/<name>.csv, its recipe <name>.json); _Pending when the script has not run yet."""
     path = RESULTS / f"{name}.csv"
-    return read_csv(path) if path.is_file() else None
+    if not path.is_file():
+        raise _Pending(name)
+    return read_csv(path), _meta(name)
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
@@ -49,9 +56,7 @@ def _caption(name: str, **facts) -> str:
 
 
 def pt_section() -> list[str]:
-    rows = _rows("pt_tasks")
-    if not rows:
-        return ["Pending: `python examples/smollm2/pt_tasks.py`."]
+    rows, meta = _results("pt_tasks")
     by_task = defaultdict(list)
     for r in rows:
         by_task[r["task"]].append(r)
@@ -59,7 +64,6 @@ def pt_section() -> list[str]:
     for task, rs in by_task.items():
         table.append([task, KIND.get(task, ""), len(rs), rs[0]["n_eval"], _pm([float(r["accuracy_before"]) for r in rs]),
                       _pm([float(r["accuracy"]) for r in rs])])
-    meta = _meta("pt_tasks")
     learned = [t for t, rs in by_task.items()
                if mean_se([float(r["accuracy"]) - float(r["accuracy_before"]) for r in rs])[0] >= 0.05]
     return [_caption("pt_tasks", steps=meta.get("steps"), lr=meta.get("lr"), init=meta.get("init"),
@@ -70,9 +74,7 @@ def pt_section() -> list[str]:
 
 
 def matrix_section() -> list[str]:
-    rows = _rows("transfer_matrix")
-    if not rows:
-        return ["Pending: `python examples/smollm2/transfer_matrix.py`."]
+    rows, meta = _results("transfer_matrix")
     acc = {(r["source"], r["target"]): float(r["accuracy"]) for r in rows}
     sources = list(dict.fromkeys(r["source"] for r in rows))
     targets = list(dict.fromkeys(r["target"] for r in rows))
@@ -94,9 +96,7 @@ def matrix_section() -> list[str]:
 
 
 def indicators_section() -> list[str]:
-    rows = _rows("indicators")
-    if not rows:
-        return ["Pending: `python examples/smollm2/indicators.py`."]
+    rows, meta = _results("indicators")
     table = [[r["variant"], r["metric"], r["spearman"], r["p_value"], r["mean_per_target"], r["n"]] for r in rows]
     best_embedding = max(float(r["spearman"]) for r in rows if r["variant"] == "embedding")
     on = {r["variant"]: float(r["spearman"]) for r in rows if r["metric"] == "on"}
@@ -111,10 +111,7 @@ def indicators_section() -> list[str]:
 
 
 def tpt_section() -> list[str]:
-    rows = _rows("tpt")
-    if not rows:
-        return ["Pending: `python examples/smollm2/tpt.py`."]
-    meta = _meta("tpt")
+    rows, meta = _results("tpt")
     by_init = defaultdict(list)
     for r in rows:
         by_init[r["init"]].append(r)
@@ -139,10 +136,7 @@ def tpt_section() -> list[str]:
 
 
 def projector_section() -> list[str]:
-    rows = _rows("projector")
-    if not rows:
-        return ["Pending: `python examples/smollm2/projector.py`."]
-    meta = _meta("projector")
+    rows, meta = _results("projector")
     table = [[r["minilm_prompt"], r["minilm_prompt_on_minilm"], r["projected_on_smollm2"], r["random_prompt"],
               r["smollm2_own_prompt"], r["n_eval"]] for r in rows]
     return [_caption("projector", source="all-MiniLM-L6-v2", **{"projector steps": meta.get("projector_steps"),
@@ -153,10 +147,7 @@ def projector_section() -> list[str]:
 
 
 def fpt_section() -> list[str]:
-    rows = _rows("fpt")
-    if not rows:
-        return ["Pending: `python examples/smollm2/fpt.py`."]
-    meta = _meta("fpt")
+    rows, meta = _results("fpt")
     table = [[r["task"], r["plan"], r["accuracy"], r["flops_fraction"], r["pt_accuracy_at_equal_flops"],
               r["pt_final_accuracy"], r["flops_to_pt_final_fraction"] or "not reached", r["wall_s"]] for r in rows]
     saving = [r for r in rows if r["plan"] != "pt" and r["flops_to_pt_final_fraction"]
@@ -174,10 +165,7 @@ def fpt_section() -> list[str]:
 
 
 def spt_section() -> list[str]:
-    rows = _rows("spt")
-    if not rows:
-        return ["Pending: `python examples/smollm2/spt.py`."]
-    meta = _meta("spt")
+    rows, meta = _results("spt")
     heldout = list(meta.get("heldout", ("rte", "qnli", "snli")))
     by_mode = defaultdict(list)
     for r in rows:
@@ -207,7 +195,11 @@ def render() -> str:
              "`bash examples/smollm2/run_all.sh` writes under docs/results/ (2-core CPU, fp32; label words, "
              "read at the last position; batch 16, 20-token prompt, max length 128).", ""]
     for title, section in SECTIONS:
-        lines += [f"### {title}", "", *section(), ""]
+        try:
+            body = section()
+        except _Pending as pending:
+            body = [f"Pending: `python examples/smollm2/{pending}.py`."]
+        lines += [f"### {title}", "", *body, ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

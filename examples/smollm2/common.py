@@ -1,7 +1,8 @@
 """Shared plumbing of the SmolLM2 evidence scripts: resumable CLI runs, CSV rows, machine state.
 
 Every experiment script under examples/smollm2/ drives the `ds-prompt` CLI (the path users take), writes its
-runs under $EVIDENCE_RUNS (default runs/smollm2) and its tables under docs/results/. A finished run (its
+runs under $EVIDENCE_RUNS (default runs/smollm2; point it outside the checkout to keep runs across fresh
+checkouts) and its tables under docs/results/. A finished run (its
 metrics.json reached the requested step) is skipped; an interrupted one resumes from its last checkpoint,
 because every run saves its trainable state every SAVE_EVERY steps. Re-running a script after a crash, or in
 a later session, therefore only does the missing work.

@@ -279,3 +279,23 @@ def test_two_ranks_print_one_error_line_in_all(case, tmp_path):
     errors = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("ds-prompt: error")]
     assert proc.returncode != 0 and len(errors) == 1 and needle in errors[0], proc.stderr[-3000:]
     assert [p.name for p in out.iterdir()] == [".lock"] if out.exists() else True
+
+
+def test_tensorboard_has_grad_norm_at_zero0_and_the_final_evaluation(tmp_path, capsys):
+    """Read with TensorBoard's own EventAccumulator: train/grad_norm is logged at ZeRO-0 (where the engine keeps
+    no global norm) and equals DeepSpeed's own global norm of the same first step under ZeRO-2; eval/accuracy
+    ends on metrics.json's final accuracy, also when the last step is not an eval_every step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    norms = {}
+    for config in ("zero0_cpu", "zero2_cpu"):
+        out = tmp_path / config
+        assert _train(out, capsys, "--max_steps", "5", "--eval_every", "2", "--log_every", "1", "--lr", "0.05",
+                      "--deepspeed", config)[0] == 0
+        acc = EventAccumulator(str(out / "tb"))
+        acc.Reload()
+        norms[config] = [e.value for e in acc.Scalars("train/grad_norm")]
+        evals = acc.Scalars("eval/accuracy")
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert evals[-1].step == 5 and evals[-1].value == pytest.approx(metrics["accuracy"])
+    assert len(norms["zero0_cpu"]) == 5 and norms["zero0_cpu"][0] > 0
+    assert norms["zero0_cpu"][0] == pytest.approx(norms["zero2_cpu"][0], rel=1e-4)

@@ -48,6 +48,8 @@ def train_steps(engine, run, max_steps: int, cfg, log, micro_batches: MicroBatch
             loss = F.cross_entropy(engine(**batch).float(), labels)
             engine.backward(loss)
             fault_point("mid_step", run.step + 1)
+            if engine.is_gradient_accumulation_boundary():
+                _unpartitioned_grad_norm(engine)
             engine.step()
             loss_sum += loss.detach() / cfg.grad_accum
         run.step += 1
@@ -62,6 +64,16 @@ def train_steps(engine, run, max_steps: int, cfg, log, micro_batches: MicroBatch
             fault_point("after_checkpoint", run.step)
 
 
+def _unpartitioned_grad_norm(engine) -> None:
+    """Remember the L2 norm of the accumulated gradients before clipping, where they sit on the parameters
+    (ZeRO-0; under ZeRO 1-3 they are partitioned and DeepSpeed keeps its own global norm). It stays on the
+    device: no host sync until a log window reads it."""
+    grads = [p.grad for p in engine.module.parameters() if p.requires_grad and p.grad is not None]
+    if grads:
+        engine._ds_prompt_grad_norm = torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+
+
 def window_scalars(engine, scheduler, cfg, step: int, loss_sum: torch.Tensor, tokens: float, elapsed: float,
                    out: str) -> tuple[dict, float]:
     """Reduce one log window across ranks (collective): (scalars, tokens of all ranks). The loss is the mean
@@ -73,6 +85,8 @@ def window_scalars(engine, scheduler, cfg, step: int, loss_sum: torch.Tensor, to
         raise UserError(f"training loss became {loss} by step {step} (lr {cfg.lr}): lower --lr or check "
                         f"the data; the last good checkpoint (if any) in {out}/checkpoints is kept")
     grad_norm = engine.get_global_grad_norm()
+    if grad_norm is None:  # ZeRO-0 keeps no global norm: the loop measured it before the step
+        grad_norm = getattr(engine, "_ds_prompt_grad_norm", None)
     return {"loss": loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": stats[1].item() / elapsed,
             "s_per_step": elapsed / window,
             "grad_norm": float(grad_norm) if grad_norm is not None else None}, stats[1].item()

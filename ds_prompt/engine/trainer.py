@@ -106,6 +106,7 @@ def _train(cfg: TrainConfig, task, prompt_override, model_transform) -> dict:
             log.scalars(0, {"accuracy": run.accuracy_before}, prefix="eval")
         _train_loop(ctx, run, log)
         final = ctx.evaluate()
+        log.scalars(run.step, final, prefix="eval")  # TensorBoard ends on the accuracy metrics.json reports
         if cfg.save_every:
             _save_checkpoint(ctx, run)
     finally:

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code
     except UserError as exc:
         _say_rank0(f"ds-prompt: error: {exc}")
-        _let_rank0_speak_first()
+        _let_rank0_speak_first(str(exc))
         return 2
     except KeyboardInterrupt:
         _say_rank0(f"ds-prompt: {interruption_message()}")
@@ -127,15 +127,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _let_rank0_speak_first(wait_s: float = 5.0) -> None:
+def _let_rank0_speak_first(message: str, wait_s: float = 5.0) -> None:
     """Under a launcher every rank meets a collective error; if another rank exited first, the launcher would
-    kill rank 0 before it printed. Other ranks linger (killable silently) while rank 0 prints and exits."""
+    kill rank 0 before it printed. Other ranks linger (killable silently) while rank 0 prints and exits; a rank
+    still alive afterwards met an error of its own, and says it."""
     import signal
     import time
-    if int(os.environ.get("RANK", "0")) != 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    rank = int(os.environ.get("RANK", "0"))
+    if rank != 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         if _main_thread():
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
         time.sleep(wait_s)
+        print(f"ds-prompt: error (rank {rank}): {message}", file=sys.stderr, flush=True)
 
 
 def _main_thread() -> bool:

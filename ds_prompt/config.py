@@ -165,7 +165,10 @@ def _check_choices(cfg) -> None:
     """Choice-list flags, the init spec and the schedule, checked before anything loads or is written."""
     from ds_prompt.models.soft_prompt import check_init_spec
     for name, allowed in _CHOICES.items():
-        if hasattr(cfg, name) and getattr(cfg, name) not in allowed:
+        value = getattr(cfg, name, None)
+        if isinstance(value, str) and name == "family":
+            value = value.lower()  # parse_family accepts any case
+        if hasattr(cfg, name) and value not in allowed:
             shown = ", ".join(a for a in allowed if a is not None)
             raise UserError(f"unknown --{name} '{getattr(cfg, name)}': use one of {shown}")
     if isinstance(getattr(cfg, "init", None), str):

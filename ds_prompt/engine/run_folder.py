@@ -39,7 +39,8 @@ class RunFolder:
     lock: object | None
 
     def release(self, failed: bool = False) -> None:
-        if failed and self.created and not (self.path / "checkpoints" / "latest").exists():
+        results = ("checkpoints/latest", "prompt.safetensors", "metrics.json", "bank.safetensors")
+        if failed and self.created and not any((self.path / name).exists() for name in results):
             shutil.rmtree(self.path, ignore_errors=True)
         if self.lock is not None:
             self.lock.close()

@@ -92,13 +92,16 @@ def claim_output_dir(out: str, recipe: str, identity: dict, max_steps: int, resu
     and every rank raises the same UserError if it cannot. Returns rank 0's RunFolder (None elsewhere)."""
     from ds_prompt import dist
     from ds_prompt.engine.run_folder import claim
-    folder, error = None, None
+    folder, error, failure = None, None, None
     if dist.is_rank0():
         try:
             folder = claim(out, recipe, identity, max_steps, resume, overwrite)
-        except UserError as exc:
-            error = str(exc)
+        except BaseException as exc:  # every failure reaches the other ranks, or they would wait here forever
+            error, failure = (str(exc) if isinstance(exc, UserError) else
+                              f"rank 0 could not claim --output_dir {out} ({type(exc).__name__})"), exc
     error = dist.broadcast_object(error)
+    if failure is not None:
+        raise failure
     if error is not None:
         raise UserError(error)
     return folder

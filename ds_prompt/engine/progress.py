@@ -38,8 +38,8 @@ def track(output_dir: str, run) -> None:
 
 def interruption_message() -> str:
     run, out = _current.get("run"), _current.get("output_dir")
-    if run is None:
-        return "interrupted before training started; re-run the same command to start"
+    if run is None:  # before a step loop started, or a command without one (the FPT scheduler)
+        return "interrupted; re-run the same command to continue (finished work is kept)"
     try:
         latest = (Path(out) / "checkpoints" / "latest").read_text().strip()
         resume_step = int(latest.rsplit("_", 1)[1])

@@ -27,7 +27,8 @@ from ds_prompt.io import ensure_writable_dir, write_json
 
 RUN_FILE, LOCK_FILE = "run.json", ".lock"
 FORMAT = "ds_prompt.run/1"
-_MARKERS = (RUN_FILE, "checkpoints", "metrics.json", "prompt.safetensors", "bank.safetensors")
+_RESULTS = ("checkpoints/latest", "metrics.json", "prompt.safetensors", "bank.safetensors")  # worth keeping
+_MARKERS = (RUN_FILE, "checkpoints", *_RESULTS[1:])  # a folder holding any of these holds a run
 
 
 @dataclass
@@ -39,8 +40,7 @@ class RunFolder:
     lock: object | None
 
     def release(self, failed: bool = False) -> None:
-        results = ("checkpoints/latest", "prompt.safetensors", "metrics.json", "bank.safetensors")
-        if failed and self.created and not any((self.path / name).exists() for name in results):
+        if failed and self.created and not any((self.path / name).exists() for name in _RESULTS):
             shutil.rmtree(self.path, ignore_errors=True)
         if self.lock is not None:
             self.lock.close()

@@ -45,6 +45,7 @@ from ds_prompt.faults import fault_point
 from ds_prompt.fpt.flops import BACKWARD_CONVENTIONS, LengthStats, ModelShape, step_flops
 from ds_prompt.fpt.partial import PartialModelSpec, apply_partial, neuron_scores
 from ds_prompt.fpt.plan import StagePlan
+from ds_prompt.engine.progress import on_sigterm
 from ds_prompt.engine.run_folder import take_lock
 from ds_prompt.fpt.report import build_report, compare_with_pt, write_tensorboard
 from ds_prompt.io import atomic_path, ensure_writable_dir, write_json, write_tensors
@@ -306,14 +307,6 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-class _Terminated(BaseException):
-    """SIGTERM to the scheduler: unwinds like KeyboardInterrupt, so the stage's process group is killed."""
-
-
-def _raise_terminated(signum, frame):
-    raise _Terminated()
-
-
 def _kill_group(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         try:
@@ -447,7 +440,9 @@ def _run_plan(cfg: TrainConfig, plan: StagePlan, root: Path, leader: bool, launc
               score_samples: int, retries: int, backward: str, node_rank: int, pt_reference: str | None) -> dict:
     ledger = Ledger.open(root / LEDGER, plan, cfg) if leader else Ledger.check(root / LEDGER, plan, cfg)
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
+    # SIGTERM unwinds like Ctrl-C (the CLI's one handler, also when run_fpt is called from Python), so
+    # run_job kills the stage's process group and the CLI ends in one line.
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
     try:
         for index, stage in enumerate(plan.stages):
             stage_launcher = stage.launcher or launcher or plan.launcher

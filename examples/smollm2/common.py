@@ -1,11 +1,15 @@
 """Shared plumbing of the SmolLM2 evidence scripts: resumable CLI runs, CSV rows, machine state.
 
 Every experiment script under examples/smollm2/ drives the `ds-prompt` CLI (the path users take), writes its
-runs under $EVIDENCE_RUNS (default runs/smollm2; point it outside the checkout to keep runs across fresh
-checkouts) and its tables under docs/results/. A finished run (its
+runs under $EVIDENCE_RUNS (default runs/smollm2) and its tables under docs/results/. A finished run (its
 metrics.json reached the requested step) is skipped; an interrupted one resumes from its last checkpoint,
 because every run saves its trainable state every SAVE_EVERY steps. Re-running a script after a crash, or in
 a later session, therefore only does the missing work.
+
+Runs folders are scratch (ignored by git, gone on a fresh checkout). So every finished part is also
+archived: its small result files (json, csv, safetensors; no checkpoints, no TensorBoard) are copied to
+$EVIDENCE_ARCHIVE (default docs/results/smollm2_runs/, committed), and `restore()` copies them back into an
+empty runs folder. A fresh clone therefore resumes the evidence where the last commit left it.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +39,10 @@ EVAL_LIMIT = int(os.environ.get("EVAL_LIMIT", 1000))
 INIT = os.environ.get("INIT", "vocab")
 SAVE_EVERY = 25
 SEEDS = (42, 43, 44)
+ARCHIVE = Path(os.environ.get("EVIDENCE_ARCHIVE", RESULTS / "smollm2_runs"))
+_ARCHIVED = (".json", ".csv", ".safetensors")  # a finished part's results; checkpoints and tb/ stay scratch
+_SCRATCH = ("checkpoints", "tb")
+_MAX_BYTES = 4 << 20
 
 
 def log(text: str) -> None:
@@ -46,6 +55,38 @@ def cli(*args: str) -> None:
     log("$ ds-prompt " + " ".join(map(str, args)))
     env = dict(os.environ, DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"))
     subprocess.run(cmd, check=True, env=env, cwd=ROOT)
+
+
+def _result_files(folder: Path):
+    for path in sorted(Path(folder).rglob("*")):
+        rel = path.relative_to(folder)
+        if (path.is_file() and path.suffix in _ARCHIVED and not set(rel.parts) & set(_SCRATCH)
+                and not path.name.startswith(".") and path.stat().st_size <= _MAX_BYTES):
+            yield path, rel
+
+
+def archive(out: Path) -> None:
+    """Copy the result files of the finished part in `out` (under RUNS) to ARCHIVE (committed)."""
+    out = Path(out)
+    dest = ARCHIVE / out.relative_to(RUNS)
+    for path, rel in _result_files(out):
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.is_file() or target.read_bytes() != path.read_bytes():
+            shutil.copy2(path, target)
+
+
+def restore() -> int:
+    """Copy archived results into RUNS where RUNS lacks them (a fresh checkout); how many files were copied."""
+    copied = 0
+    if ARCHIVE.is_dir():
+        for path, rel in _result_files(ARCHIVE):
+            target = RUNS / rel
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+                copied += 1
+    return copied
 
 
 def read_json(path: Path) -> dict | None:
@@ -65,13 +106,15 @@ def train(out: Path, task: str, seed: int, steps: int = STEPS, eval_every: int |
           eval_limit: int = EVAL_LIMIT, init: str = INIT, extra: tuple = ()) -> dict:
     """A prompt-tuning run on MODEL (skipped when finished, resumed when interrupted); its metrics."""
     done = finished(out, steps)
+    if not done:
+        cli("train", "--model", MODEL, "--task", task, "--data_dir", DATA, "--output_dir", out, "--seed", seed,
+            "--max_steps", steps, "--lr", LR, "--init", init, "--eval_limit", eval_limit, "--eval_every",
+            steps // 2 if eval_every is None else eval_every, "--save_every", SAVE_EVERY, "--progress", "False",
+            *extra)
+        done = finished(out, steps)
     if done:
-        return done
-    cli("train", "--model", MODEL, "--task", task, "--data_dir", DATA, "--output_dir", out, "--seed", seed,
-        "--max_steps", steps, "--lr", LR, "--init", init, "--eval_limit", eval_limit, "--eval_every",
-        steps // 2 if eval_every is None else eval_every, "--save_every", SAVE_EVERY, "--progress", "False",
-        *extra)
-    return finished(out, steps)
+        archive(out)
+    return done
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

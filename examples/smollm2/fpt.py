@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (DATA, LR, MODEL, RESULTS, RUNS, SAVE_EVERY, cli, figure, finish_axes, log,  # noqa: E402
-                    meta_json, read_json, save_figure, write_csv)
+from common import (DATA, LR, MODEL, RESULTS, RUNS, SAVE_EVERY, archive, cli, figure, finish_axes, log,  # noqa: E402
+                    meta_json, read_json, restore, save_figure, write_csv)
 
 TASKS, PLANS = ("sst2", "agnews"), ("pt", "ld", "fr", "cr")
 STEPS, EVAL_EVERY, EVAL, SEED = 250, 25, 500, 42
@@ -30,6 +30,7 @@ def run(task: str, plan: str) -> dict:
             "--max_steps", STEPS, "--lr", LR, "--seed", SEED, "--init", "uniform", "--eval_every", EVAL_EVERY,
             "--eval_limit", EVAL, "--save_every", SAVE_EVERY, "--progress", "False", *extra)
         report = read_json(out / "fpt_report.json")
+        archive(out)
     return report
 
 
@@ -46,6 +47,7 @@ def plot(reports: dict, path: Path) -> None:
 
 
 def main() -> None:
+    restore()
     reports = {task: {plan: run(task, plan) for plan in PLANS} for task in TASKS}
     rows = []
     for task in TASKS:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, RUNS, cli, log, meta_json, read_csv, write_csv  # noqa: E402
+from common import RESULTS, RUNS, archive, cli, log, meta_json, read_csv, restore, write_csv  # noqa: E402
 from pt_tasks import TASKS, prompt_dir  # noqa: E402
 
 VARIANTS = {  # name -> (metrics, extra indicator flags)
@@ -37,6 +37,7 @@ def matrix_for_indicators() -> Path:
 
 
 def main() -> None:
+    restore()
     against = matrix_for_indicators()
     prompts = ",".join(str(prompt_dir(t)) for t in TASKS)
     out_rows = []
@@ -45,6 +46,7 @@ def main() -> None:
         if not (out / "correlation.csv").is_file():
             cli("indicators", "--prompts", prompts, "--metric", metrics, "--against", against, "--output_dir", out,
                 *extra)
+            archive(out)
         for r in read_csv(out / "correlation.csv"):
             out_rows.append({"variant": variant, "metric": r["metric"], "spearman": round(float(r["spearman"]), 3),
                              "p_value": round(float(r["p_value"]), 4), "n": r["n"],

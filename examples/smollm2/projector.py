@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import DATA, MODEL, RESULTS, RUNS, SAVE_EVERY, cli, log, meta_json, read_csv, read_json, write_csv  # noqa: E402
+from common import (DATA, MODEL, RESULTS, RUNS, SAVE_EVERY, archive, cli, log, meta_json, read_csv,  # noqa: E402
+                    read_json, restore, write_csv)
 from pt_tasks import prompt_dir  # noqa: E402
 
 SOURCE_MODEL, TASKS, TRAIN_ON = "minilm", ("sst2", "mr", "rte"), "sst2"
@@ -26,6 +27,7 @@ def source_prompt(task: str) -> Path:
         cli("train", "--model", SOURCE_MODEL, "--task", task, "--data_dir", DATA, "--output_dir", out,
             "--max_steps", SOURCE_STEPS, "--lr", "1e-2", "--eval_limit", EVAL, "--save_every", SAVE_EVERY,
             "--progress", "False")
+        archive(out)
     return out
 
 
@@ -35,6 +37,7 @@ def projector() -> Path:
         cli("projector", "train", "--source_model", SOURCE_MODEL, "--target_model", MODEL, "--prompts",
             source_prompt(TRAIN_ON), "--tasks", TRAIN_ON, "--data_dir", DATA, "--max_steps", STEPS,
             "--eval_limit", EVAL, "--output_dir", out, "--progress", "False")
+        archive(out)
     return out
 
 
@@ -46,10 +49,12 @@ def projected_accuracy(task: str) -> dict:
     if result is None:
         cli("evaluate", "--prompt", mapped, "--task", task, "--data_dir", DATA, "--limit", EVAL)
         result = read_json(mapped / f"eval_{task}.json")
+        archive(mapped)
     return result
 
 
 def main() -> None:
+    restore()
     random_row = {r["target"]: r["accuracy"] for r in read_csv(RESULTS / "transfer_matrix.csv")
                   if r["source"] == "random"} if (RESULTS / "transfer_matrix.csv").is_file() else {}
     rows = []

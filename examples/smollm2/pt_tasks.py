@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import (EVAL_LIMIT, INIT, LR, MODEL, RESULTS, RUNS, SEEDS, STEPS, finished, log,  # noqa: E402
-                    meta_json, train, write_csv)
+                    meta_json, restore, train, write_csv)
 
 TASKS = ("sst2", "mr", "agnews", "qnli", "snli", "rte", "mrpc", "cola")
 MULTI_SEED = ("sst2", "agnews", "qnli")
@@ -32,6 +32,7 @@ def runs(phase: str = "all") -> list[tuple[str, int]]:
 
 
 def main(phase: str = "all") -> None:
+    restore()
     for task, seed in runs(phase):
         train(prompt_dir(task, seed), task, seed)
     rows = []

@@ -2,6 +2,7 @@
 # Every SmolLM2 evidence experiment in dependency order; each script skips finished work and resumes
 # interrupted runs, so re-running this after a crash (or in a later session) only does what is missing.
 #   nohup bash examples/smollm2/run_all.sh > runs/smollm2_evidence.log 2>&1 &
+# Finished parts are archived under docs/results/smollm2_runs/ (commit it): a fresh clone resumes from there.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}

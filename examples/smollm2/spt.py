@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import DATA, MODEL, RESULTS, RUNS, SAVE_EVERY, SEEDS, cli, log, meta_json, read_json, write_csv  # noqa: E402
+from common import (DATA, MODEL, RESULTS, RUNS, SAVE_EVERY, SEEDS, archive, cli, log, meta_json,  # noqa: E402
+                    read_json, restore, write_csv)
 
 SEEN, HELDOUT = ("sst2", "mr", "agnews", "mrpc", "cola"), ("rte", "qnli", "snli")
 MODES, STEPS, EVAL = ("spt", "shared", "untrained"), 300, 300
@@ -28,10 +29,12 @@ def run(mode: str, seed: int) -> dict:
             "--eval_seen", "False", "--instruction_in_input", "True", "--save_every", SAVE_EVERY,
             "--output_dir", out, "--progress", "False")
         metrics = read_json(out / "metrics.json")
+        archive(out)
     return metrics
 
 
 def main() -> None:
+    restore()
     rows = []
     for seed in SEEDS:
         for mode in MODES:

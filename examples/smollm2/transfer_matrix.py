@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import DATA, RESULTS, RUNS, cli, figure, log, meta_json, read_json, save_figure, write_csv  # noqa: E402
+from common import (DATA, RESULTS, RUNS, archive, cli, figure, log, meta_json, read_json, restore,  # noqa: E402
+                    save_figure, write_csv)
 from pt_tasks import TASKS, prompt_dir  # noqa: E402
 
 LIMIT = 500
@@ -27,6 +28,7 @@ def source_matrix(source: str) -> Path:
     if not (out / "matrix.csv").is_file():
         cli("transfer", "matrix", "--prompts", prompt_dir(source), "--tasks", ",".join(TASKS), "--data_dir", DATA,
             "--limit", LIMIT, "--output_dir", out, "--random_baseline", str(source == TASKS[0]))
+        archive(out)
     return out / "matrix.csv"
 
 
@@ -77,9 +79,11 @@ def eval_counts() -> None:
     from ds_prompt.data.tasks import get_task
     counts = {t: len(load_examples(get_task(t), "eval", DATA, limit=LIMIT, seed=0)) for t in TASKS}
     path.write_text(json.dumps(counts))
+    archive(path.parent)
 
 
 def main() -> None:
+    restore()
     for source in TASKS:
         source_matrix(source)
     eval_counts()

@@ -2,11 +2,13 @@
 
     python -m bench.capacity --sizes 0.5,1,3,5 [--checkpointing] [--seq 64] [--batch 2]
     python -m bench.capacity --sizes 7 --quantization nf4|int8 [--workdir /tmp/ds_prompt_capacity]
+    python -m bench.capacity --device cuda --sizes 1,3,7 [--seq 512 --batch 8]   # bf16 on a GPU
 
 Random-init Llama-style decoders (capacity only: the weights are random, stated in the output), fp32 on CPU.
 Each size runs in a fresh subprocess (so peak memory does not accumulate): build on the meta device, fill with
 N(0, 0.02), wrap in ds_prompt's PromptedModel (20-token prompt, label-word head), one forward + backward +
 AdamW step on the prompt. Prints one line per size: params, peak RSS (GiB), seconds for the step, ok/failed.
+With --device cuda the weights are bf16 on the GPU and the line adds the peak GPU memory (max allocated).
 
 With --quantization the model takes the user's path: a random-init checkpoint (bf16 safetensors shards, written
 once per size under --workdir without ever holding the whole model) is loaded by `load_backbone(folder,
@@ -78,7 +80,7 @@ def write_random_checkpoint(size: float, folder: Path, shard_bytes: int = 2 << 3
 
 
 def one_size(size: float, seq: int, batch: int, checkpointing: bool, quantization: str = "none",
-             workdir: str = DEFAULT_WORKDIR) -> dict:
+             workdir: str = DEFAULT_WORKDIR, device: str = "cpu") -> dict:
     import torch
     import torch.nn.functional as F
     from transformers import LlamaForCausalLM
@@ -104,11 +106,11 @@ def one_size(size: float, seq: int, batch: int, checkpointing: bool, quantizatio
         config = _config(size, len(tok))
         with torch.device("meta"):
             model = LlamaForCausalLM(config)
-        model = model.to_empty(device="cpu")
+        model = model.to_empty(device=device).to(torch.bfloat16 if device == "cuda" else torch.float32)
         with torch.no_grad():
             for p in model.parameters():
                 p.normal_(0, 0.02)
-        model.model.rotary_emb = LlamaRotaryEmbedding(config=config)  # its inv_freq buffer was built on meta
+        model.model.rotary_emb = LlamaRotaryEmbedding(config=config).to(device)  # inv_freq was built on meta
         params = sum(p.numel() for p in model.parameters())
         bb = Backbone(freeze(model), tok, Family.CAUSAL, f"random-llama-{size}B")
     if checkpointing:
@@ -116,18 +118,23 @@ def one_size(size: float, seq: int, batch: int, checkpointing: bool, quantizatio
     built = build_prompted(bb, get_task("demo"), 20, seq + 20, "label_words", "normal:0.02", 0)
     examples = load_examples(get_task("demo"), "train", None, limit=batch)
     b = collate([built.encoder.encode(e) for e in examples], tok.pad_token_id, True)
+    b = {k: v.to(device) for k, v in b.items()}
+    built.model.to(device)
     opt = torch.optim.AdamW([built.model.prompt.weight], lr=1e-3)
     loaded_peak = peak_rss_mib() / 1024
     t0 = time.perf_counter()
     loss = F.cross_entropy(built.model(b["input_ids"], b["attention_mask"], b["score_index"]), b["labels"])
     loss.backward()
     opt.step()
+    if device == "cuda":
+        torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
     grad_ok = bool(torch.isfinite(built.model.prompt.weight.grad).all())
     return {"size_b": size, "params": params, "step_s": elapsed, "grad_finite": grad_ok,
             "grad_dtype": str(built.model.prompt.weight.grad.dtype), "quantization": quantization,
             "load_peak_rss_gib": loaded_peak, "anon_rss_gib": _gib(status_mib("RssAnon")),
-            "peak_rss_gib": peak_rss_mib() / 1024}
+            "peak_rss_gib": peak_rss_mib() / 1024,
+            "gpu_peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
 
 
 def _gib(mib: float | None) -> float | None:
@@ -147,13 +154,15 @@ def main(argv=None) -> None:
     parser.add_argument("--checkpointing", action="store_true")
     parser.add_argument("--quantization", choices=["none", "int8", "nf4"], default="none")
     parser.add_argument("--workdir", default=DEFAULT_WORKDIR, help="random checkpoints for --quantization")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: bf16 weights on the GPU")
     parser.add_argument("--one", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one is not None:
         print(json.dumps(one_size(args.one, args.seq, args.batch, args.checkpointing, args.quantization,
-                                  args.workdir)))
+                                  args.workdir, args.device)))
         return
-    print(f"random-init Llama-style decoders (capacity only), fp32 compute, weights {args.quantization}, batch "
+    compute = "bf16 on cuda" if args.device == "cuda" else "fp32 compute"
+    print(f"random-init Llama-style decoders (capacity only), {compute}, weights {args.quantization}, batch "
           f"{args.batch} x ~{args.seq} tokens, prompt 20, checkpointing={args.checkpointing}")
     for size in [float(s) for s in args.sizes.split(",")]:
         if args.quantization != "none":
@@ -161,13 +170,15 @@ def main(argv=None) -> None:
             write_random_checkpoint(size, Path(args.workdir) / f"random-llama-{size}B")
             print(f"{size:>4}B random checkpoint ready ({time.perf_counter() - t0:.0f}s)", flush=True)
         cmd = [sys.executable, "-m", "bench.capacity", "--one", str(size), "--seq", str(args.seq),
-               "--batch", str(args.batch), "--quantization", args.quantization, "--workdir", args.workdir]
+               "--batch", str(args.batch), "--quantization", args.quantization, "--workdir", args.workdir,
+               "--device", args.device]
         cmd += ["--checkpointing"] if args.checkpointing else []
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 and proc.stdout.strip() else ""
         if line.startswith("{"):
             r = json.loads(line)
             anon = f" anon_rss_after_step={r['anon_rss_gib']:.1f}GiB" if r["anon_rss_gib"] else ""
+            anon += f" gpu_peak={r['gpu_peak_gib']:.1f}GiB" if r.get("gpu_peak_gib") is not None else ""
             print(f"{size:>4}B params={r['params'] / 1e9:.2f}B peak_rss={r['peak_rss_gib']:.1f}GiB "
                   f"(loading {r['load_peak_rss_gib']:.1f}GiB){anon} "
                   f"step={r['step_s']:.1f}s grad_finite={r['grad_finite']} grad_dtype={r['grad_dtype']} ok",

@@ -1,19 +1,27 @@
-"""ds_prompt vs HF PEFT PromptTuning on the same model, data, batch size, lengths, prompt length and steps.
+"""ds_prompt vs HF PEFT PromptTuning vs a minimal plain-PyTorch loop (the floor) on the same model, data,
+batch size, lengths, prompt length and steps.
 
     python -m bench.peft_compare --family mlm|causal|seq2seq [--quick] [--steps N] [--size tiny|small]
                                  [--task sst2 --data_dir ../shared/data] [--rounds 4] [--standard_t5_path]
     python -m bench.peft_compare --model smollm2|<hub id>|<folder>|<file.gguf> --task sst2 --data_dir D
 
-Both train a prompt on the same frozen model copy (same weights), same task examples, same global batch size,
-max length, prompt length, optimizer (AdamW) and steps, in one process: one warm-up step each, then the timed
-steps in `--rounds` alternating chunks (ds_prompt, PEFT, PEFT, ds_prompt, ...) so that drift in the machine's
-speed hits both alike. Each system uses its own natural pipeline:
-- ds_prompt: the DeepSpeed engine (ZeRO-0), length-bucketed dynamic padding, label-word-only scoring;
+All three train a prompt on the same frozen weights, same task examples, same global batch size, max length,
+prompt length, optimizer (AdamW) and steps, in one process: one warm-up step each, then the timed steps in
+`--rounds` alternating chunks (the order reversed every round) so that drift in the machine's speed hits all
+alike. Each system uses its own natural pipeline:
+- ds_prompt: the DeepSpeed engine (ZeRO-0), length-bucketed dynamic padding, label-word-only scoring, and its
+  exact shortcuts (`--shortcuts off` for the ablation: the plain full forward);
 - PEFT: `get_peft_model(PromptTuningConfig)`, random batches with dynamic padding, the model's full-vocabulary
-  logits (what PEFT computes), cross-entropy over the label-word ids at the scoring position.
-The class logits are the same function in both (label ids at the scoring position), so accuracy after the same
-steps must agree within noise. Prints one line per system and a final `tokens_per_s_ratio=<ds_prompt/PEFT>`.
-Tokens counted = non-pad text tokens + prompt tokens, per processed example.
+  logits (what PEFT computes), cross-entropy over the label-word ids at the scoring position;
+- floor: the obvious implementation written in plain PyTorch: ds_prompt's batches (same examples, same
+  padding), [prompt; embeddings] through the HF base model, the label-word rows of the output matrix at the
+  scoring position, torch AdamW; no engine, no shortcuts.
+The class logits are the same function in all (label ids at the scoring position), so accuracy after the same
+steps must agree within noise. Prints one line per system (tokens/s, s/step, GFLOPS, activation MB, accuracy),
+the fp32/dtype matmul peak measured in the same process, then `vs_floor_ratio=<ds_prompt/floor>` and, last,
+`tokens_per_s_ratio=<ds_prompt/PEFT>`. Tokens counted = non-pad text tokens + prompt tokens, per processed
+example. GFLOPS = the full-forward FLOPs ledger (`fpt.flops`, activations-only backward) of the examples a
+system processed, over its time: useful work per second, the same for every system on the same tokens.
 """
 from __future__ import annotations
 
@@ -33,7 +41,15 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 FAMILY_ARCH = {"mlm": "bert", "causal": "gpt2", "seq2seq": "t5"}
+DEVICE = torch.device("cpu")  # set by main (--device)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
 PEFT_TASK = {"mlm": "FEATURE_EXTRACTION", "causal": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM"}
+
+
+def on_device(batch: dict) -> dict:
+    return {k: v.to(DEVICE) for k, v in batch.items()}
 
 
 # Random-init causal models with the shapes of real ones: the speed of a step does not depend on the weights.
@@ -93,25 +109,85 @@ def prepare_ds_prompt(model, tok, family, task, train, evals, args):
     bb = Backbone(freeze(model), tok, Family(family), "bench")
     tok.padding_side = "left" if family == "causal" else "right"
     built = build_prompted(bb, task, args.prompt_length, args.max_length, "label_words", "normal:0.02", args.seed)
+    built.model.shortcuts = args.shortcuts == "on"
     enc = [built.encoder.encode(e) for e in train]
     ev = [built.encoder.encode(e) for e in evals]
     plan = BatchPlan([len(e.input_ids) for e in enc], args.batch_size, args.seed, bucket=True)
-    cfg = setup.fill_ds_config(setup.load_ds_config("zero0_cpu"), args.batch_size, 1, 1.0, 1)
+    config = "zero0_cpu" if DEVICE.type == "cpu" else "zero0"
+    cfg = setup.fill_ds_config(setup.load_ds_config(config), args.batch_size, 1, 1.0, 1)
+    cfg["bf16"] = {"enabled": args.dtype == "bf16"}
     opt = setup.build_optimizer("adamw", [p for p in built.model.parameters() if p.requires_grad], args.lr, 0.0)
     engine, _, _ = setup.initialize_engine(built.model, cfg, opt, setup.build_scheduler("constant", opt, 0, 1))
     left = family == "causal"
     batches = [b for e in range(100) for b in plan.epoch(e)][: args.steps + 1]
 
     def step(idx):
-        batch = collate([enc[i] for i in idx], tok.pad_token_id, left)
+        batch = on_device(collate([enc[i] for i in idx], tok.pad_token_id, left))
         loss = F.cross_entropy(engine(batch["input_ids"], batch["attention_mask"], batch["score_index"]),
                                batch["labels"])
         engine.backward(loss)
         engine.step()
         return float(batch["attention_mask"].sum()) + args.prompt_length * len(idx)
 
-    return SimpleNamespace(step=step, batches=batches, model=built.model, evaluate=lambda: evaluate(
-        engine, ev, 64, tok.pad_token_id, left, torch.device("cpu"))["accuracy"])
+    return SimpleNamespace(step=step, batches=batches, model=built.model, encoded=enc, evaluate=lambda: evaluate(
+        engine, ev, 64, tok.pad_token_id, left, DEVICE)["accuracy"])
+
+
+def prepare_floor(model, tok, family, task, ours, evals, args):
+    """The minimal plain-PyTorch prompt-tuning loop on `ours`' batches and encodings (see the module doc)."""
+    from ds_prompt.data.encoding import TemplateEncoder, collate
+    from ds_prompt.models.family import Family
+    from ds_prompt.models.heads import LabelWordHead, head_transform
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    emb = model.get_input_embeddings()
+    prompt = torch.nn.Parameter(ours.model.prompt.weight.detach().float().clone())  # ds_prompt's initial prompt
+    head = LabelWordHead.from_model(model, tok, task.label_words)
+    transform = head_transform(model, Family(family))
+    opt = torch.optim.AdamW([prompt], lr=args.lr, weight_decay=0.0)  # ds_prompt's optimizer settings
+    left = family == "causal"
+    ev = [TemplateEncoder(task, tok, Family(family), args.max_length, args.prompt_length).encode(e) for e in evals]
+
+    def logits_of(batch):
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        x = emb(ids)
+        x = torch.cat([prompt.to(x.dtype).expand(len(ids), -1, -1), x], 1)
+        mask = torch.cat([mask.new_ones(len(ids), args.prompt_length), mask], 1)
+        if family == "seq2seq":
+            enc = model.get_encoder()(inputs_embeds=x, attention_mask=mask).last_hidden_state
+            start = torch.full((len(ids), 1), model.config.decoder_start_token_id, dtype=torch.long, device=DEVICE)
+            h = model.get_decoder()(input_ids=start, encoder_hidden_states=enc, encoder_attention_mask=mask,
+                                    use_cache=False).last_hidden_state[:, 0]
+        elif left:
+            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+            h = model.base_model(inputs_embeds=x, attention_mask=mask, position_ids=positions,
+                                 use_cache=False).last_hidden_state[:, -1]
+        else:
+            hidden = model.base_model(inputs_embeds=x, attention_mask=mask).last_hidden_state
+            h = hidden[torch.arange(len(ids), device=DEVICE), batch["score_index"] + args.prompt_length]
+        return head(transform(h))
+
+    def step(idx):
+        batch = on_device(collate([ours.encoded[i] for i in idx], tok.pad_token_id, left))
+        loss = F.cross_entropy(logits_of(batch), batch["labels"])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([prompt], 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(batch["attention_mask"].sum()) + args.prompt_length * len(idx)
+
+    def evaluate():
+        correct = 0
+        with torch.no_grad():
+            for s in range(0, len(ev), 64):
+                batch = on_device(collate(ev[s:s + 64], tok.pad_token_id, left))
+                correct += int((logits_of(batch).argmax(-1) == batch["labels"]).sum())
+        return correct / len(ev)
+    module = torch.nn.Module()
+    module.prompt = prompt
+    return SimpleNamespace(step=step, batches=ours.batches, model=torch.nn.ModuleList([model, module]),
+                           encoded=ours.encoded, evaluate=evaluate)
 
 
 def prepare_peft(model, tok, family, task, train, evals, args):
@@ -134,6 +210,7 @@ def prepare_peft(model, tok, family, task, train, evals, args):
     enc = [encoder.encode(e) for e in train]
     ev = [encoder.encode(e) for e in evals]
     ids, mat = class_matrix(label_word_ids(tok, task.label_words))
+    ids, mat = ids.to(DEVICE), mat.to(DEVICE)
     opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=args.lr)
     left = family == "causal"
     rng = random.Random(args.seed)
@@ -142,17 +219,17 @@ def prepare_peft(model, tok, family, task, train, evals, args):
         kw = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         if family == "seq2seq":
             start = model.config.decoder_start_token_id
-            kw["decoder_input_ids"] = torch.full((len(batch["labels"]), 1), start, dtype=torch.long)
+            kw["decoder_input_ids"] = torch.full((len(batch["labels"]), 1), start, dtype=torch.long, device=DEVICE)
             vocab = pm(**kw).logits[:, 0]
         else:
             out = pm(**kw).logits
             pos = (out.shape[1] - 1) if left else (args.prompt_length + batch["score_index"])
-            rows = torch.arange(out.shape[0])
+            rows = torch.arange(out.shape[0], device=DEVICE)
             vocab = out[rows, pos] if not left else out[:, -1]
-        return vocab[:, ids] @ mat.T
+        return vocab[:, ids].float() @ mat.T
 
     def step(idx):
-        batch = collate([enc[i] for i in idx], tok.pad_token_id, left)
+        batch = on_device(collate([enc[i] for i in idx], tok.pad_token_id, left))
         loss = F.cross_entropy(logits_of(batch), batch["labels"])
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in pm.parameters() if p.requires_grad], 1.0)
@@ -172,10 +249,11 @@ def prepare_peft(model, tok, family, task, train, evals, args):
         correct = 0
         with torch.no_grad():
             for s in range(0, len(ev), 64):
-                batch = collate(ev[s:s + 64], tok.pad_token_id, left)
+                batch = on_device(collate(ev[s:s + 64], tok.pad_token_id, left))
                 correct += int((logits_of(batch).argmax(-1) == batch["labels"]).sum())
         return correct / len(ev)
-    return SimpleNamespace(step=step, batches=batches[:args.steps + 1], model=pm, evaluate=evaluate)
+    return SimpleNamespace(step=step, batches=batches[:args.steps + 1], model=pm, encoded=enc,
+                           evaluate=evaluate)
 
 
 def saved_activation_mb(system, idx) -> float:
@@ -194,26 +272,60 @@ def saved_activation_mb(system, idx) -> float:
     return sum(seen.values()) / 2**20
 
 
-def measure(systems: dict, steps: int, rounds: int) -> dict:
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak_gflops(dtype: torch.dtype, seconds: float = 1.0) -> float:
+    """This device's dense matmul throughput at `dtype` ([n, n] @ [n, n], n = 1024 on CPU, 8192 on GPU,
+    repeated for about `seconds`)."""
+    n = 8192 if DEVICE.type == "cuda" else 1024
+    a, b = (torch.randn(n, n, dtype=dtype, device=DEVICE) for _ in range(2))
+    a @ b
+    _sync()
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+        _sync()
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def ledger_flops(model, family: str, prompt_length: int, examples: list[int], encoded) -> float:
+    """Full-forward training FLOPs (activations-only backward) of the examples `examples` of `encoded`."""
+    from ds_prompt.fpt.flops import LengthStats, ModelShape, step_flops
+    from ds_prompt.models.family import Family
+    shape = ModelShape.from_model(model, Family(family))
+    lengths = [prompt_length + len(encoded[i].input_ids) for i in examples]
+    return step_flops(shape, LengthStats.of(lengths), len(lengths))
+
+
+def measure(systems: dict, steps: int, rounds: int, flops_of=None) -> dict:
     """One warm-up step each (its saved activations measured), then `rounds` chunks of steps/rounds steps per
     system, alternating which system goes first, so drift in machine speed hits both alike. Per system:
     tokens/s and s/step over all its timed steps, the process's peak RSS, and the activation MB of its first
     step (each system's own first batch)."""
     names = list(systems)
-    stats = {n: {"tokens": 0.0, "seconds": 0.0, "peak_rss_mb": 0.0} for n in names}
+    stats = {n: {"tokens": 0.0, "seconds": 0.0, "peak_rss_mb": 0.0, "flops": 0.0} for n in names}
     for n in names:
         stats[n]["activation_mb"] = saved_activation_mb(systems[n], systems[n].batches[0])
     bounds = [1 + steps * r // rounds for r in range(rounds + 1)]
     for r in range(rounds):
         for n in (names if r % 2 == 0 else names[::-1]):
             t0, tokens = time.perf_counter(), 0.0
-            for idx in systems[n].batches[bounds[r]:bounds[r + 1]]:
+            chunk = systems[n].batches[bounds[r]:bounds[r + 1]]
+            for idx in chunk:
                 tokens += systems[n].step(idx)
+            _sync()
             st = stats[n]
+            if flops_of is not None:
+                st["flops"] += sum(flops_of(systems[n], idx) for idx in chunk)
             st["seconds"] += time.perf_counter() - t0
             st["tokens"] += tokens
             st["peak_rss_mb"] = max(st["peak_rss_mb"], peak_rss_mib())
     return {n: {"tokens_per_s": st["tokens"] / st["seconds"], "s_per_step": st["seconds"] / steps,
+                "gflops": st["flops"] / st["seconds"] / 1e9,
                 "peak_rss_mb": st["peak_rss_mb"], "activation_mb": st["activation_mb"],
                 "accuracy": systems[n].evaluate()} for n, st in stats.items()}
 
@@ -237,6 +349,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--n_eval", type=int, default=160)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=4, help="alternating timed chunks per system")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if present")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
+                        help="weights and compute (bf16 is for GPUs: ~150x slower than fp32 on this CPU)")
+    parser.add_argument("--shortcuts", choices=("on", "off"), default="on",
+                        help="ds_prompt's exact shortcuts (last layer at the scoring position, causal shared "
+                             "prompt prefix); off = the plain full forward (ablation)")
     parser.add_argument("--standard_t5_path", action="store_true",
                         help="ablation: ds_prompt without the factored one-query cross-attention (T5)")
     args = parser.parse_args(argv)
@@ -256,23 +374,41 @@ def main(argv=None) -> dict:
             parser.error(f"--model {args.model} is a {args.family} model: the bench compares label-word heads")
     else:
         model, tok = build_model(args.family, args.size)
-    peft_model = copy.deepcopy(model)
+    global DEVICE
+    DEVICE = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    model = model.to(DEVICE, DTYPES[args.dtype])
+    peft_model, floor_model = copy.deepcopy(model), copy.deepcopy(model)
     task, train, evals = _data(args.task, args.data_dir, args.n_train, args.n_eval, args.seed)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"family={args.family} size={args.size} task={args.task} steps={args.steps} batch={args.batch_size} "
-          f"prompt={args.prompt_length} max_length={args.max_length} torch={torch.__version__} "
-          f"threads={torch.get_num_threads()}")
-    systems = {"ds_prompt": prepare_ds_prompt(model, tok, args.family, task, train, evals, args),
-               "peft": prepare_peft(peft_model, copy.deepcopy(tok), args.family, task, train, evals, args)}
-    results = measure(systems, args.steps, min(args.rounds, args.steps))
-    ours, theirs = results["ds_prompt"], results["peft"]
+          f"prompt={args.prompt_length} max_length={args.max_length} shortcuts={args.shortcuts} "
+          f"device={DEVICE.type} dtype={args.dtype} "
+          f"torch={torch.__version__} threads={torch.get_num_threads()} load_before={load:.1f}")
+    ours = prepare_ds_prompt(model, tok, args.family, task, train, evals, args)
+    systems = {"ds_prompt": ours,
+               "peft": prepare_peft(peft_model, copy.deepcopy(tok), args.family, task, train, evals, args),
+               "floor": prepare_floor(floor_model, tok, args.family, task, ours, evals, args)}
+    peft_enc = systems["peft"].encoded
+    dtype = next(model.parameters()).dtype
+
+    def flops_of(system, idx):
+        encoded = peft_enc if system is systems["peft"] else ours.encoded
+        return ledger_flops(model, args.family, args.prompt_length, idx, encoded)
+    results = measure(systems, args.steps, min(args.rounds, args.steps), flops_of)
+    peak = matmul_peak_gflops(dtype)
     for name, r in results.items():
-        print(f"{name:9s} tokens/s={r['tokens_per_s']:.1f} s/step={r['s_per_step']:.4f} "
+        print(f"{name:9s} tokens/s={r['tokens_per_s']:.1f} s/step={r['s_per_step']:.4f} gflops={r['gflops']:.1f} "
               f"accuracy={r['accuracy']:.4f} activation_mb={r['activation_mb']:.1f} "
-              f"peak_rss_mb={r['peak_rss_mb']:.0f} (process: both model copies resident)")
-    ratio = ours["tokens_per_s"] / theirs["tokens_per_s"]
-    print(f"s_per_step_ratio={theirs['s_per_step'] / ours['s_per_step']:.3f} (PEFT/ds_prompt)")
+              f"peak_rss_mb={r['peak_rss_mb']:.0f} (process: all model copies resident)")
+    print(f"matmul_peak_gflops={peak:.1f} ({str(dtype).replace('torch.', '')}, {DEVICE.type}, same process)")
+    ratio = results["ds_prompt"]["tokens_per_s"] / results["peft"]["tokens_per_s"]
+    floor_ratio = results["ds_prompt"]["tokens_per_s"] / results["floor"]["tokens_per_s"]
+    print(f"s_per_step_ratio={results['peft']['s_per_step'] / results['ds_prompt']['s_per_step']:.3f} "
+          f"(PEFT/ds_prompt)")
+    print(f"vs_floor_ratio={floor_ratio:.3f}")
     print(f"tokens_per_s_ratio={ratio:.3f}")
-    return {"ds_prompt": ours, "peft": theirs, "ratio": ratio}
+    return {**results, "ratio": ratio, "vs_floor_ratio": floor_ratio, "matmul_peak_gflops": peak}
 
 
 if __name__ == "__main__":

@@ -54,6 +54,8 @@ class TrainConfig:
                                           # (prompt, optimizer moments, schedule, step) -- FPT stage hand-off
     reset_optimizer: bool = False         # with init_state: take only the prompt, fresh optimizer/schedule
     activation_checkpointing: bool = False
+    shortcuts: bool = True                # exact compute savings (last layer at the scoring position, causal shared
+                                          # prompt prefix); False runs the plain full forward (same results)
     bucket: bool = True                   # length-bucketed batches
     progress: bool = True
 

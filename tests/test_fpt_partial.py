@@ -16,6 +16,7 @@ from ds_prompt.fpt.partial import PartialModelSpec, apply_partial, neuron_scores
 from ds_prompt.fpt.plan import StagePlan, load_plan, preset_plan
 from ds_prompt.models.family import Family
 from ds_prompt.models.ffn import ffn_layers, layer_stacks, record_ffn_activations, slice_ffn
+from ds_prompt.models.shortcuts import full_forward
 from ds_prompt.models.tiny import build_tiny
 from tests.helpers import REPO, SENTENCES, batch_of, prompted_tiny
 
@@ -217,7 +218,7 @@ def test_neuron_scores_exclude_padding_and_pool_over_tokens(arch):
         else:
             want = sum(n * a[ref.name] for n, a in zip(real, alone)) / sum(real)
         torch.testing.assert_close(together[ref.name], want, atol=1e-5, rtol=1e-5)
-    with record_ffn_activations(bb.model) as acts, torch.no_grad():
+    with record_ffn_activations(bb.model) as acts, torch.no_grad(), full_forward(model):  # every token
         model(*(singles[0][k] for k in ("input_ids", "attention_mask", "score_index")))
         first = ffn_layers(bb.model)[0]
         manual = acts[first.name][0].abs().mean(0)
@@ -375,20 +376,30 @@ def test_plan_files_load_and_bad_values_are_named(tmp_path):
         load_plan("ld")
 
 
+@pytest.mark.parametrize("shortcuts", [False, True], ids=["full", "shortcuts"])
 @pytest.mark.parametrize("arch", ["bert", "roberta", "electra", "gpt2", "llama", "qwen2", "t5", "t5_gated"])
-def test_analytic_forward_flops_equal_torch_flop_counter(arch):
+def test_analytic_forward_flops_equal_torch_flop_counter(arch, shortcuts):
     """The ledger's forward count per example equals what torch.utils.flop_counter counts for a prompted
-    forward (batch of equal lengths: no padding), T5 through its factored one-query cross-attention."""
+    forward (batch of equal lengths: no padding), T5 through its factored one-query cross-attention; with the
+    exact shortcuts on, the ledger's shortcut count equals what they compute (last layer at the scoring
+    position; causal: the prompt prefix once per batch)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from ds_prompt.fpt.flops import ComputeShortcuts
+    from ds_prompt.models.shortcuts import can_share_prefix, eligible
     from tests.helpers import prompted_tiny
     bb, model, _ = prompted_tiny(arch, prompt_length=3)
     bb.model.set_attn_implementation("eager")  # the CPU SDPA kernel has no FLOP formula in the counter
+    model.shortcuts = shortcuts
     ids = torch.randint(5, 100, (2, 9))
     mask = torch.ones_like(ids)
     score = torch.full((2,), 4, dtype=torch.long)
     with FlopCounterMode(display=False) as counter:
         model.representation(ids, mask, score)
     shape = ModelShape.from_model(bb.model, bb.family)
-    analytic = step_flops(shape, LengthStats.fixed(3 + 9), 2, backward="standard", layers_only=True) / 3
-    assert counter.get_total_flops() == analytic
+    taken = ComputeShortcuts(eligible(bb.model), 3 if can_share_prefix(bb.model) else 0) if shortcuts else None
+    analytic = step_flops(shape, LengthStats.fixed(3 + 9), 2, backward="standard", layers_only=True,
+                          shortcuts=taken) / 3
+    assert counter.get_total_flops() == pytest.approx(analytic, rel=1e-12)
+    if taken is not None and taken.last_layer:  # and the shortcuts did compute less
+        assert analytic < step_flops(shape, LengthStats.fixed(3 + 9), 2, backward="standard", layers_only=True) / 3

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from ds_prompt.artifacts import load_prompt, save_prompt
 from ds_prompt.cli import main as cli_main
 from ds_prompt.errors import UserError
+from ds_prompt.models.shortcuts import full_forward
 from ds_prompt.transfer import indicators as ind
 from ds_prompt.transfer.activations import ffn_sites, record_ffn_activations
 from tests.helpers import REPO, SENTENCES, batch_of, prompted_tiny
@@ -139,7 +140,7 @@ def _ffn_inputs(bb, model, args, sites):
         block_name = site.name if site.name.endswith("intermediate") else site.name.rsplit(".", 1)[0]
         block = bb.model.get_submodule(block_name)
         handles.append(block.register_forward_pre_hook(lambda m, a, name=site.name: inputs.__setitem__(name, a[0])))
-    with torch.no_grad():
+    with torch.no_grad(), full_forward(model):  # every position of every layer
         model(*args)
     for h in handles:
         h.remove()
@@ -151,7 +152,7 @@ def test_recorded_activations_equal_manual_ffn_and_leave_output_unchanged(arch):
     bb, model, enc = prompted_tiny(arch, prompt_length=3)
     _, batch = batch_of(bb, enc, SENTENCES)
     args = (batch["input_ids"], batch["attention_mask"], batch["score_index"])
-    with torch.no_grad():
+    with torch.no_grad(), full_forward(model):  # recording runs the full forward (shortcuts skip positions)
         plain = model(*args)
     sites = ffn_sites(bb.model, "both")
     assert len(sites) == (4 if arch.startswith("t5") else 2)
@@ -171,7 +172,8 @@ def test_recorded_activations_equal_manual_ffn_and_leave_output_unchanged(arch):
         torch.testing.assert_close(at_zero[site.name], full[:, 0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(seen[0], plain, rtol=0, atol=0)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
-    with torch.no_grad():
+    assert model.shortcuts  # switched back on after recording
+    with torch.no_grad(), full_forward(model):
         torch.testing.assert_close(model(*args), plain, rtol=0, atol=0)
 
 

@@ -77,6 +77,7 @@ def _train(cfg: TrainConfig, task, prompt_override, model_transform) -> dict:
         ckpt.restore_params(built.model, resumed[0])
     if cfg.activation_checkpointing:
         enable_activation_checkpointing(backbone.model)
+    built.model.shortcuts = cfg.shortcuts
 
     train_enc = [built.encoder.encode(e) for e in train_examples]
     eval_enc = [built.encoder.encode(e) for e in eval_examples]

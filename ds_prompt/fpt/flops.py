@@ -15,6 +15,13 @@ The head (MLM transform + one row per class at one position) is counted separate
 embedding -> hidden projection (ELECTRA) is counted over every token, like a layer that is never dropped.
 `tests/test_fpt_partial.py` checks the forward count against `torch.utils.flop_counter` for every tiny arch.
 
+By default the ledger counts the full forward (the papers' cost model, and what FPT's fractions compare).
+`step_flops(..., shortcuts=ComputeShortcuts(...))` counts what ds_prompt's exact shortcuts compute instead
+(`models/shortcuts.py`): the scoring stack's last layer projects keys/values for every token but runs its
+query, output projection and FFN for one (attention 1 x s); a causal shared prefix of P prompt vectors runs
+every layer once per batch (P tokens, P x P attention), and each row's layers then see only its s - P input
+tokens as queries (attention (s - P) x s).
+
 Backward ("activations", the default): prompt tuning needs gradients w.r.t. activations only, because the
 frozen weights get no gradient; every weight matmul Y = X W costs one more matmul dX = dY W^T (1x its
 forward), and the attention matmuls, whose both operands are activations, cost 2x their forward. The
@@ -148,6 +155,38 @@ def t5_decoder_layer_flops(shape: ModelShape, lengths: LengthStats, neurons: int
     return LayerFlops(weights, attention)
 
 
+@dataclass(frozen=True)
+class ComputeShortcuts:
+    """Which exact shortcuts a forward takes (see `models.shortcuts`): the scoring stack's last layer at the
+    scoring position only, and a causal prompt prefix of `shared_prefix` vectors computed once per batch."""
+    last_layer: bool = False
+    shared_prefix: int = 0
+
+
+def _self_attention_layer(shape: ModelShape, queries: float, query_key_pairs: float, kv_tokens: float,
+                          neurons: int) -> LayerFlops:
+    """A self-attention layer with `queries` query tokens (q, o, FFN), `kv_tokens` projected key/value tokens
+    and `query_key_pairs` scores (all per example)."""
+    qo, kv = _attn_proj_params(shape)
+    weights = 2 * (queries * (qo + _ffn_params(shape, neurons)) + kv_tokens * kv)
+    return LayerFlops(weights, 2 * 2 * query_key_pairs * shape.d_attn)
+
+
+def _shortcut_layers_flops(shape: ModelShape, lengths: LengthStats, neurons: int, layers: int, batch_size: int,
+                           shortcuts: ComputeShortcuts, backward: str) -> float:
+    """Per-example FLOPs of `layers` layers of the scoring stack under `shortcuts`."""
+    p = shortcuts.shared_prefix
+    tokens, pairs = lengths.mean - p, lengths.mean_sq - p * lengths.mean   # the rows' own queries
+    total = 0.0
+    if p:  # the prefix runs every layer once per batch (its last layer in full)
+        total += layers * _self_attention_layer(shape, p, p * p, p, neurons).step(backward) / batch_size
+    full = _self_attention_layer(shape, tokens, pairs, tokens, neurons).step(backward)
+    if shortcuts.last_layer and layers:
+        last = _self_attention_layer(shape, 1, lengths.mean, tokens, neurons).step(backward)
+        return total + (layers - 1) * full + last
+    return total + layers * full
+
+
 def layer_flops(shape: ModelShape, role: str, lengths: LengthStats, neurons: int) -> LayerFlops:
     if shape.seq2seq and role == "decoder":
         return t5_decoder_layer_flops(shape, lengths, neurons)
@@ -155,16 +194,22 @@ def layer_flops(shape: ModelShape, role: str, lengths: LengthStats, neurons: int
 
 
 def step_flops(shape: ModelShape, lengths: LengthStats, batch_size: int, depth=1.0, width: float = 1.0,
-               backward: str = "activations", layers_only: bool = False) -> float:
+               backward: str = "activations", layers_only: bool = False,
+               shortcuts: ComputeShortcuts | None = None) -> float:
     """FLOPs of one training step (forward + backward over `batch_size` examples) through the partial
     model (depth, width) of the full model `shape` — see `PartialModelSpec` for their meaning.
-    `layers_only` leaves out the head (a cost model of the transformer layers alone)."""
+    `layers_only` leaves out the head (a cost model of the transformer layers alone); `shortcuts` counts
+    what the exact shortcuts compute instead of the full forward (module docstring)."""
     from ds_prompt.fpt.partial import PartialModelSpec
     spec = PartialModelSpec(depth, width)
     per_example = LayerFlops(2 * lengths.mean * shape.input_proj_params, 0.0).step(backward)
+    scoring_stack = None if shape.seq2seq or shape.family is Family.ENCODER else list(shape.layers)[-1]
     for role, count in shape.layers.items():
-        per_layer = layer_flops(shape, role, lengths, spec.neurons_for(shape.d_ff)).step(backward)
-        per_example += spec.layers_for(count) * per_layer
+        neurons, layers = spec.neurons_for(shape.d_ff), spec.layers_for(count)
+        if shortcuts is not None and role == scoring_stack:
+            per_example += _shortcut_layers_flops(shape, lengths, neurons, layers, batch_size, shortcuts, backward)
+        else:
+            per_example += layers * layer_flops(shape, role, lengths, neurons).step(backward)
     if not layers_only:
         per_example += LayerFlops(2 * shape.head_params, 0.0).step(backward)
     return batch_size * per_example

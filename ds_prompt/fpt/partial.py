@@ -29,6 +29,7 @@ from torch import nn
 
 from ds_prompt.errors import UserError
 from ds_prompt.models.ffn import ffn_layers, gathered_layerwise, layer_stacks, record_ffn_activations, slice_ffn
+from ds_prompt.models.shortcuts import full_forward
 
 
 def evenly_select_layers(num_layers: int, keep: int) -> list[int]:
@@ -126,7 +127,8 @@ def neuron_scores(model, batches: Iterable[dict]) -> dict[str, torch.Tensor]:
     sums = {r.name: torch.zeros(r.d_ff, dtype=torch.float64) for r in refs}
     tokens = {r.name: 0 for r in refs}
     model.eval()
-    with gathered_layerwise(model.backbone), record_ffn_activations(model.backbone, refs) as acts:
+    with gathered_layerwise(model.backbone), record_ffn_activations(model.backbone, refs) as acts, \
+            full_forward(model):  # every position of every layer is scored
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
             model(batch["input_ids"], batch["attention_mask"], batch["score_index"])

@@ -6,6 +6,7 @@ from torch import nn
 
 from ds_prompt.models.family import Family
 from ds_prompt.models.heads import (LabelWordHead, LinearHead, SimilarityHead, head_transform, mean_pool)
+from ds_prompt.models.shortcuts import can_share_prefix, eligible, last_layer_at, shared_prefix_cache
 from ds_prompt.models.soft_prompt import SoftPrompt, prepend_prompt
 from ds_prompt.models.t5_step import use_factored_cross_attention
 
@@ -20,6 +21,9 @@ class PromptedModel(nn.Module):
 
     `prompt` is any module called as prompt(batch_size, dtype, **prompt_inputs) -> [B, L, d] (a `SoftPrompt`,
     or SPT's memory-bank prompt). `head` maps the representation at the scoring position to class logits.
+    `shortcuts` (default on) computes the same logits and prompt gradient with less work where the
+    architecture allows: the last layer at the scoring position only, and a causal model's shared prompt
+    prefix once per batch (`models.shortcuts`); off, the plain full forward runs (ablation, activation hooks).
     """
 
     def __init__(self, backbone: nn.Module, family: Family, prompt: nn.Module, head: nn.Module):
@@ -29,6 +33,7 @@ class PromptedModel(nn.Module):
         self.prompt = prompt
         self.head = head
         self._transform = head_transform(backbone, family) if isinstance(head, LabelWordHead) else None
+        self.shortcuts = True
         if family is Family.SEQ2SEQ:  # one decoder query: cross-attention without projecting the encoder
             use_factored_cross_attention(backbone.get_decoder())
 
@@ -62,15 +67,40 @@ class PromptedModel(nn.Module):
                                               encoder_attention_mask=mask, use_cache=False)
             return dec.last_hidden_state[:, 0]
         base = self.backbone.base_model
+        fast = self.shortcuts and self.family is not Family.ENCODER and eligible(self.backbone)
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         if self.family is Family.CAUSAL:
-            hidden = base(inputs_embeds=embeds, attention_mask=mask, position_ids=causal_position_ids(mask),
-                          use_cache=False).last_hidden_state
-            return hidden[:, -1]
+            if fast and type(self.prompt) is SoftPrompt and can_share_prefix(self.backbone):
+                return self._causal_shared_prefix(input_ids, attention_mask, rows)
+            embeds, mask, _ = self._embed(input_ids, attention_mask, prompt_inputs)
+            kwargs = dict(inputs_embeds=embeds, attention_mask=mask, position_ids=causal_position_ids(mask),
+                          use_cache=False)
+            if fast:
+                last = torch.full_like(rows, embeds.shape[1] - 1)
+                return last_layer_at(self.backbone, lambda: base(**kwargs), rows, last, mask.bool())
+            return base(**kwargs).last_hidden_state[:, -1]
+        embeds, mask, n_prompt = self._embed(input_ids, attention_mask, prompt_inputs)
+        if fast:
+            return last_layer_at(self.backbone, lambda: base(inputs_embeds=embeds, attention_mask=mask), rows,
+                                 score_index + n_prompt, mask.bool())
         hidden = base(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         if self.family is Family.ENCODER:
             return mean_pool(hidden, mask)
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
         return hidden[rows, score_index + n_prompt]
+
+    def _causal_shared_prefix(self, input_ids, attention_mask, rows) -> torch.Tensor:
+        """Causal representation with the prompt (one for every row) run once as a shared key/value prefix."""
+        embeds = self.backbone.get_input_embeddings()(input_ids)
+        prefix = self.prompt(1, embeds.dtype)
+        cache = shared_prefix_cache(self.backbone, prefix, input_ids.shape[0])
+        mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], prefix.shape[1]), attention_mask], 1)
+        positions = causal_position_ids(mask)[:, prefix.shape[1]:]
+
+        def run():
+            self.backbone.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                                     past_key_values=cache, use_cache=True)
+        last = torch.full_like(rows, embeds.shape[1] - 1)
+        return last_layer_at(self.backbone, run, rows, last, mask.bool(), prefix_cache=cache)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, score_index: torch.Tensor,
                 **prompt_inputs) -> torch.Tensor:

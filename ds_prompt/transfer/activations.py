@@ -35,6 +35,7 @@ from torch import nn
 
 from ds_prompt.errors import UserError
 from ds_prompt.models.family import Family
+from ds_prompt.models.shortcuts import full_forward
 
 # (module path suffix, what to capture): "output" of the nonlinearity module, or "input" of the down projection.
 FFN_SITE_RULES = (("intermediate", "output"), ("mlp.act", "output"), ("mlp.down_proj", "input"),
@@ -149,7 +150,7 @@ def record_ffn_activations(prompted_model, input_ids: torch.Tensor, attention_ma
         score_index = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
     handles = [hook_for(site) for site in sites]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), full_forward(prompted_model):  # hooks read every position of every layer
             prompted_model(input_ids, attention_mask, score_index, **prompt_inputs)
     finally:
         for handle in handles:

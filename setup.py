@@ -27,8 +27,12 @@ setup(
     name="ds_prompt",
     version="0.1.0",
     description="Fast soft prompt tuning (transfer, FPT, SPT) of frozen PLMs on DeepSpeed",
-    packages=find_packages(include=["ds_prompt", "ds_prompt.*", "kernels", "bench"]),
-    package_data={"ds_prompt": ["data/demo/*.jsonl", "data/demo/*.md"]},
+    # The repository's top-level kernels/ and ds_configs/ folders install inside the ds_prompt namespace
+    # (ds_prompt.kernels, ds_prompt.ds_configs): nothing installs a top-level `kernels` (a PyPI package that
+    # bitsandbytes and transformers probe for) or `bench` (a dev tool, run from the checkout).
+    packages=find_packages(include=["ds_prompt", "ds_prompt.*"]) + ["ds_prompt.kernels", "ds_prompt.ds_configs"],
+    package_dir={"ds_prompt.kernels": "kernels", "ds_prompt.ds_configs": "ds_configs"},
+    package_data={"ds_prompt": ["data/demo/*.jsonl", "data/demo/*.md"], "ds_prompt.ds_configs": ["*.json"]},
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,

@@ -16,8 +16,8 @@ import statistics
 
 import torch
 
-from kernels.activation_stats import activation_stats, activation_stats_reference
-from kernels.topk_retrieval import topk_retrieval, topk_retrieval_reference
+from ds_prompt.kernels.activation_stats import activation_stats, activation_stats_reference
+from ds_prompt.kernels.topk_retrieval import topk_retrieval, topk_retrieval_reference
 
 STATS_SHAPES = [(4096, 4096), (16384, 11008), (65536, 16384)]
 TOPK_N = [65536, 262144, 1048576]

@@ -109,7 +109,7 @@ def prepare_ds_prompt(model, tok, family, task, train, evals, args):
     bb = Backbone(freeze(model), tok, Family(family), "bench")
     tok.padding_side = "left" if family == "causal" else "right"
     built = build_prompted(bb, task, args.prompt_length, args.max_length, "label_words", "normal:0.02", args.seed)
-    built.model.shortcuts = args.shortcuts == "on"
+    built.model.shortcuts = args.shortcuts != "off"
     enc = [built.encoder.encode(e) for e in train]
     ev = [built.encoder.encode(e) for e in evals]
     plan = BatchPlan([len(e.input_ids) for e in enc], args.batch_size, args.seed, bucket=True)
@@ -352,9 +352,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if present")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
                         help="weights and compute (bf16 is for GPUs: ~150x slower than fp32 on this CPU)")
-    parser.add_argument("--shortcuts", choices=("on", "off"), default="on",
+    parser.add_argument("--shortcuts", choices=("on", "off", "both"), default="on",
                         help="ds_prompt's exact shortcuts (last layer at the scoring position, causal shared "
-                             "prompt prefix); off = the plain full forward (ablation)")
+                             "prompt prefix); off = the plain full forward; both = a fourth system "
+                             "ds_prompt_full (shortcuts off) in the same alternation, for the ablation")
     parser.add_argument("--standard_t5_path", action="store_true",
                         help="ablation: ds_prompt without the factored one-query cross-attention (T5)")
     args = parser.parse_args(argv)
@@ -379,6 +380,7 @@ def main(argv=None) -> dict:
                           else "cpu")
     model = model.to(DEVICE, DTYPES[args.dtype])
     peft_model, floor_model = copy.deepcopy(model), copy.deepcopy(model)
+    full_model = copy.deepcopy(model) if args.shortcuts == "both" else None
     task, train, evals = _data(args.task, args.data_dir, args.n_train, args.n_eval, args.seed)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"family={args.family} size={args.size} task={args.task} steps={args.steps} batch={args.batch_size} "
@@ -389,11 +391,15 @@ def main(argv=None) -> dict:
     systems = {"ds_prompt": ours,
                "peft": prepare_peft(peft_model, copy.deepcopy(tok), args.family, task, train, evals, args),
                "floor": prepare_floor(floor_model, tok, args.family, task, ours, evals, args)}
+    if full_model is not None:
+        full = prepare_ds_prompt(full_model, tok, args.family, task, train, evals,
+                                 argparse.Namespace(**{**vars(args), "shortcuts": "off"}))
+        systems["ds_prompt_full"] = full
     peft_enc = systems["peft"].encoded
     dtype = next(model.parameters()).dtype
 
     def flops_of(system, idx):
-        encoded = peft_enc if system is systems["peft"] else ours.encoded
+        encoded = peft_enc if system is systems["peft"] else system.encoded
         return ledger_flops(model, args.family, args.prompt_length, idx, encoded)
     results = measure(systems, args.steps, min(args.rounds, args.steps), flops_of)
     peak = matmul_peak_gflops(dtype)
@@ -406,6 +412,10 @@ def main(argv=None) -> dict:
     floor_ratio = results["ds_prompt"]["tokens_per_s"] / results["floor"]["tokens_per_s"]
     print(f"s_per_step_ratio={results['peft']['s_per_step'] / results['ds_prompt']['s_per_step']:.3f} "
           f"(PEFT/ds_prompt)")
+    if "ds_prompt_full" in results:
+        full_tps = results["ds_prompt_full"]["tokens_per_s"]
+        print(f"full_forward_vs_floor_ratio={full_tps / results['floor']['tokens_per_s']:.3f}")
+        print(f"shortcut_speedup={results['ds_prompt']['tokens_per_s'] / full_tps:.3f} (ds_prompt / ds_prompt_full)")
     print(f"vs_floor_ratio={floor_ratio:.3f}")
     print(f"tokens_per_s_ratio={ratio:.3f}")
     return {**results, "ratio": ratio, "vs_floor_ratio": floor_ratio, "matmul_peak_gflops": peak}

@@ -14,13 +14,10 @@ from ds_prompt.errors import UserError
 def train(config: str | None = None, **flags) -> dict:
     """Prompt-tune a frozen model on a task.
 
-    With no flags: the packaged all-MiniLM-L6-v2 on the bundled demo task, output under runs/.
-    Flags (see ds_prompt.config.TrainConfig): --model --task --data_dir --output_dir --max_steps --batch_size
-    --prompt_length --lr --seed --deepspeed CONFIG --init (normal[:std] | uniform | vocab | text:WORDS |
-    file:PROMPT) --family --head --dtype --quantization --max_length --grad_accum --optimizer adamw|adafactor
-    --scheduler constant|linear --warmup_steps --grad_clip --eval_every --save_every --eval_limit
-    --train_limit --resume --activation_checkpointing; --config FILE (JSON/YAML) for defaults.
-    Writes prompt.safetensors, prompt.json, metrics.json, tb/ and checkpoints/ under --output_dir.
+    With no flags: the packaged all-MiniLM-L6-v2 on the bundled demo task, output under runs/. Every flag is a
+    field of ds_prompt.config.TrainConfig (listed below); --config FILE (JSON/YAML) gives defaults that flags
+    override. Writes prompt.safetensors, prompt.json, metrics.json, run.json, tb/ and checkpoints/ under
+    --output_dir.
     """
     from ds_prompt.config import TrainConfig, build_config
     from ds_prompt.engine.trainer import train as run
@@ -92,18 +89,22 @@ def main(argv: list[str] | None = None) -> int:
 
     import fire
 
+    from ds_prompt.cli_args import check_argv, help_text
     from ds_prompt.engine.progress import Terminated, interruption_message, on_sigterm, reset
     reset()
     argv = _strip_launcher_args(sys.argv[1:] if argv is None else argv)
-    if any(a in ("--help", "-h") for a in argv):  # fire would pass --help into **flags
-        argv = [a for a in argv if a not in ("--help", "-h")] + ["--", "--help"]
+    commands = _commands()
     previous = None
     if _main_thread():
         previous = signal.signal(signal.SIGTERM, on_sigterm)
         # A parent may hand down a mask blocking these (the mask survives exec): Ctrl-C and SIGTERM must reach us.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
-        fire.Fire(_commands(), command=argv, name="ds-prompt")
+        if any(a in ("--help", "-h") for a in argv):  # generated from the signatures and config fields
+            _print_rank0(help_text(commands, argv))
+            return 0
+        check_argv(commands, argv)  # every flag, before anything runs
+        fire.Fire(commands, command=argv, name="ds-prompt")
     except fire.core.FireExit as exc:  # --help, or a usage error fire already reported
         return exc.code
     except UserError as exc:
@@ -142,17 +143,12 @@ def _main_thread() -> bool:
 
 
 def _commands() -> dict:
-    commands = dict(COMMANDS)
-    for module, name in (("ds_prompt.transfer.cli", "transfer"), ("ds_prompt.fpt.cli", "fpt"),
-                         ("ds_prompt.spt.cli", "spt")):
-        try:
-            mod = __import__(module, fromlist=["COMMANDS"])
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("ds_prompt"):
-                continue
-            raise
-        commands.update(mod.COMMANDS)
-    return commands
+    """Every command: the core ones here and the recipe groups (an import error in a group is a bug, and
+    surfaces as one: the group never silently disappears)."""
+    from ds_prompt.fpt.cli import COMMANDS as FPT
+    from ds_prompt.spt.cli import COMMANDS as SPT
+    from ds_prompt.transfer.cli import COMMANDS as TRANSFER
+    return {**COMMANDS, **TRANSFER, **FPT, **SPT}
 
 
 if __name__ == "__main__":

@@ -158,15 +158,61 @@ def build_config(cls=TrainConfig, config: str | None = None, keep_none: bool = F
     return cfg
 
 
-_CHOICES = {"scheduler": ("constant", "linear"), "optimizer": ("adamw", "adafactor"),
-            "dtype": ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"),
-            "family": (None, "mlm", "encoder", "causal", "seq2seq")}
+# Choice-list flags, shared by every command that takes them (checked when flags are parsed, by
+# `cli_args.check_argv`, and again when a config is built from a file).
+CHOICES = {"scheduler": ("constant", "linear"), "optimizer": ("adamw", "adafactor"),
+           "dtype": ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"),
+           "family": (None, "mlm", "encoder", "causal", "seq2seq"),
+           "head": ("auto", "label_words", "similarity", "linear"),
+           "quantization": (None, "none", "int8", "nf4"),
+           "format": ("peft",)}
+
+
+def _parse_scalar(name: str, raw: str, kind: type):
+    """A flag's raw text as `kind` (int accepts 1e3-style integral floats, as fire reads them)."""
+    if kind is int:
+        try:
+            return int(raw)
+        except ValueError:
+            value = float(raw)
+            if not value.is_integer():
+                raise ValueError from None
+            return int(value)
+    return _coerce(name, raw, kind)
+
+
+def check_value(name: str, raw: str | None, kind: type | None, optional: bool) -> None:
+    """UserError unless the raw flag text `raw` (None: a bare `--name`) is a valid `kind` value for `--name`,
+    one of CHOICES[name] where listed, and a well-formed spec for --init."""
+    if raw is None:
+        if kind in (bool, None):
+            return
+        raise UserError(f"--{name} needs a value ({kind.__name__})")
+    if raw in ("None", "null") and kind is not str:
+        if optional:
+            return
+        raise UserError(f"--{name} cannot be None: give a value")
+    if optional and raw in ("None", "null"):
+        return
+    if kind is not None and kind is not str:
+        try:
+            _parse_scalar(name, raw, kind)
+        except (ValueError, UserError):
+            raise UserError(f"--{name} {raw!r} is not a valid {kind.__name__}") from None
+    if name in CHOICES:
+        value = raw.lower() if name in ("family", "quantization") else raw
+        if value not in CHOICES[name]:
+            shown = ", ".join(str(a) for a in CHOICES[name] if a is not None)
+            raise UserError(f"unknown --{name} '{raw}': use one of {shown}")
+    if name == "init" and kind is str:
+        from ds_prompt.models.soft_prompt import check_init_spec
+        check_init_spec(raw)
 
 
 def _check_choices(cfg) -> None:
     """Choice-list flags, the init spec and the schedule, checked before anything loads or is written."""
     from ds_prompt.models.soft_prompt import check_init_spec
-    for name, allowed in _CHOICES.items():
+    for name, allowed in CHOICES.items():
         value = getattr(cfg, name, None)
         if isinstance(value, str) and name == "family":
             value = value.lower()  # parse_family accepts any case

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels._dispatch import FORCE_TRITON_ENV, use_triton  # noqa: F401  (FORCE_TRITON_ENV re-exported)
+from ._dispatch import FORCE_TRITON_ENV, use_triton  # noqa: F401  (FORCE_TRITON_ENV re-exported)
 
 try:
     import triton

@@ -21,7 +21,7 @@ def import_kernels(name: str):
         if language is not None and type(language.max).__name__ != "InterpretedFunction":
             for loaded in [m for m in sys.modules if m.split(".")[0] == "triton" and not m.startswith("triton._C")]:
                 del sys.modules[loaded]
-    module = importlib.import_module(f"kernels.{name}")
+    module = importlib.import_module(f"ds_prompt.kernels.{name}")
     if not ON_CUDA and not module._INTERPRETED:
         module = importlib.reload(module)
     return module

@@ -28,7 +28,7 @@ CASES = {
     "fpt missing data": (["fpt", "--plan", "ld", "--task", "sst2", "--data_dir", "{t}/missing"], r"does not exist"),
     "fpt bad deepspeed": (["fpt", "--plan", "ld", "--deepspeed", "zero9"], r"--deepspeed 'zero9'"),
     "fpt wrong type": (["fpt", "--plan", "ld", "--max_steps", "many"], r"--max_steps 'many'"),
-    "fpt bad flag": (["fpt", "--plan", "ld", "--lrr", "1"], r"unknown config key\(s\) lrr"),
+    "fpt bad flag": (["fpt", "--plan", "ld", "--lrr", "1"], r"unknown flag --lrr for `ds-prompt fpt`: did you mean --lr\?"),
     "matrix missing prompt": (["transfer", "matrix", "--prompts", "{t}/none", "--tasks", "demo"], r"does not exist"),
     "matrix pickle prompt": (["transfer", "matrix", "--prompts", "{t}/pickled.pt", "--tasks", "demo"],
                              r"never unpickles"),

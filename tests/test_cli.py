@@ -84,7 +84,7 @@ TRAIN_CASES = {
     "prompt width": (lambda t: ["--init", _narrow_prompt(t)], "d=16 but the model expects 32"),
     "bad init": (lambda t: ["--init", "zeros"], "unknown --init 'zeros'"),
     "bad config key": (lambda t: ["--config", _bad_config(t)], r"unknown config key\(s\) lrr"),
-    "bad flag": (lambda t: ["--lrr", "0.1"], r"unknown config key\(s\) lrr"),
+    "bad flag": (lambda t: ["--lrr", "0.1"], r"unknown flag --lrr for `ds-prompt train`: did you mean --lr\?"),
     "wrong type": (lambda t: ["--max_steps", "many"], "--max_steps 'many' is not a valid int"),
     "negative": (lambda t: ["--lr", "-1"], "--lr must be > 0"),
     "none for a required value": (lambda t: ["--max_steps", "None"], "--max_steps cannot be None"),
@@ -131,3 +131,22 @@ def test_evaluate_and_export_bad_prompt_files(case, tmp_path, capsys):
 def test_export_unknown_format(tmp_path, capsys):
     code, errors = run(["export", "--prompt", "x", "--format", "onnx", "--output_dir", str(tmp_path)], capsys)
     assert code != 0 and "unknown --format 'onnx'" in errors[0]
+
+
+def test_evaluate_reads_the_data_dir_recorded_in_prompt_json(tmp_path, capsys):
+    """prompt.json records --data_dir (and lr, batch size, quantization); `evaluate` uses it when none is given."""
+    from ds_prompt.data.loading import DEMO_DIR
+    data = tmp_path / "mydemo"
+    data.mkdir()
+    (data / "train.jsonl").write_text((DEMO_DIR / "train.jsonl").read_text())
+    (data / "validation.jsonl").write_text("".join((DEMO_DIR / "validation.jsonl").read_text().splitlines(True)[:20]))
+    out = tmp_path / "run"
+    assert main(["train"] + BASE + ["--output_dir", str(out), "--data_dir", str(data)]) == 0
+    meta = json.loads((out / "prompt.json").read_text())
+    assert meta["data_dir"] == str(data) and meta["lr"] == 3e-3 and meta["batch_size"] == 8
+    assert meta["quantization"] == "none" and meta["metrics"]["metric"] == "accuracy"
+    capsys.readouterr()
+    assert main(["evaluate", "--prompt", str(out)]) == 0
+    result = json.loads((out / "eval_demo.json").read_text())
+    assert result["n"] == 20 and result["data_dir"] == str(data)  # the recorded folder: 20, not the demo 160
+    assert {"f1", "matthews"} <= set(result)

@@ -74,10 +74,11 @@ def test_two_rank_zero3_trains_prompt_and_keeps_backbone_bitwise(tmp_path, check
 
 
 @pytest.mark.multiproc
-@pytest.mark.parametrize("arch", ["bert", "bert_encoder", "t5"])
+@pytest.mark.parametrize("arch", ["bert", "bert_encoder", "t5", "gpt2", "llama"])
 def test_two_rank_zero3_loads_a_hf_folder_sharded(tmp_path, arch):
     """A model loaded by name under ZeRO-3 is partitioned while it loads (zero.Init), not after. (T5: the
-    partitioned cross-attention weights take the standard path, not the factored one-query path.)"""
+    partitioned cross-attention weights take the standard path, not the factored one-query path; GPT-2 and
+    Llama: the exact shortcuts, shared prefix and last layer at the scoring position, on gathered modules.)"""
     from ds_prompt.models.tiny import build_tiny
     model, tok = build_tiny(arch)
     model.save_pretrained(tmp_path / "model")

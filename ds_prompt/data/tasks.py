@@ -24,7 +24,8 @@ from dataclasses import dataclass, fields
 
 from ds_prompt.errors import UserError, require
 
-# Metrics a trainer may report for a task; "accuracy" is the primary metric of every built-in task.
+# Metrics every evaluation reports (engine.evaluate); a task's `metric` names its headline one: accuracy for
+# the built-in tasks except CoLA (matthews) and MRPC/QQP (f1), as GLUE reports them.
 METRICS = ("accuracy", "f1", "matthews")
 
 
@@ -525,6 +526,7 @@ def _builtin_tasks() -> list[TaskSpec]:
             hub_config="mrpc",
             hub_columns=(("sentence1", "text_a"), ("sentence2", "text_b")),
             hub_label_names=("not_equivalent", "equivalent"),
+            metric="f1",
         ),
         TaskSpec(
             name="qqp",
@@ -542,6 +544,7 @@ def _builtin_tasks() -> list[TaskSpec]:
             hub_config="qqp",
             hub_columns=(("question1", "text_a"), ("question2", "text_b")),
             hub_label_names=("not_duplicate", "duplicate"),
+            metric="f1",
         ),
         TaskSpec(
             name="agnews",
@@ -605,6 +608,7 @@ def _builtin_tasks() -> list[TaskSpec]:
             hub_config="cola",
             hub_columns=(("sentence", "text"),),
             hub_label_names=("unacceptable", "acceptable"),
+            metric="matthews",
         ),
     ]
 

@@ -56,7 +56,8 @@ def evaluate_prompt(prompt: str, task: str | None = None, data_dir: str | None =
     """Accuracy of the artifact on `task`; writes eval_<task>.json into `output_dir` (default: its folder).
 
     With `limit`, the subset follows `eval_subset(limit, seed)`, the rule training uses for --eval_limit;
-    `seed` defaults to the seed the prompt was trained with, so the same limit scores the same examples."""
+    `seed` defaults to the seed the prompt was trained with, so the same limit scores the same examples.
+    `data_dir` defaults to the one recorded in prompt.json (when it still exists)."""
     for name, value in (("batch_size", batch_size), ("limit", limit)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
             raise UserError(f"--{name} {value!r} must be a positive integer")
@@ -69,6 +70,8 @@ def evaluate_prompt(prompt: str, task: str | None = None, data_dir: str | None =
         raise UserError(f"--output_dir {out} is a file: pass a folder")
     dist.on_rank0(ensure_writable_dir, out)
     subset = eval_subset(limit, meta.get("seed", 0) if seed is None else seed)
+    if data_dir is None and meta.get("data_dir") and os.path.isdir(meta["data_dir"]):
+        data_dir = meta["data_dir"]  # the folder the prompt was trained from (prompt.json records it)
     examples = load_examples(built.task, split, data_dir, limit=limit, seed=subset["seed"])
     encoded = [built.encoder.encode(e) for e in examples]
     device = ds_setup.device()
@@ -76,6 +79,6 @@ def evaluate_prompt(prompt: str, task: str | None = None, data_dir: str | None =
     result = evaluate(model_, encoded, batch_size, built.backbone.tokenizer.pad_token_id,
                       built.backbone.family is Family.CAUSAL, device)
     result = {"task": built.task.name, "prompt": str(prompt), "model": model or meta.get("backbone"),
-              "split": split, "eval_subset": subset, **result}
+              "split": split, "data_dir": data_dir, "eval_subset": subset, **result}
     dist.on_rank0(write_json, os.path.join(out, f"eval_{built.task.name}.json"), result)
     return result

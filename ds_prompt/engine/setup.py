@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import json
 import logging
 import os
@@ -12,7 +13,8 @@ import torch
 
 from ds_prompt.errors import UserError
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
+# The repository's ds_configs/ folder, installed as the package data of ds_prompt.ds_configs.
+CONFIG_DIR = Path(str(importlib.resources.files("ds_prompt.ds_configs")))
 _BUILTIN_ZERO0 = {"zero_optimization": {"stage": 0}, "steps_per_print": 10**9, "zero_allow_untested_optimizer": True,
                   "bf16": {"enabled": False}, "fp16": {"enabled": False}}
 

@@ -200,13 +200,17 @@ def _finish(ctx: _LoopContext, run: RunState, final: dict, task) -> dict:
         raise UserError("the trained prompt is non-finite: lower --lr; no artifact was written")
     metrics = {"task": task.name, "model": cfg.model, "steps": run.step, "accuracy_before": run.accuracy_before,
                "accuracy": final["accuracy"], "eval_loss": final["loss"], "eval_n": final["n"],
+               "metric": task.metric, "f1": final["f1"], "matthews": final["matthews"],
                "world_size": dist.world_size(), "history": run.history, "tokens": run.tokens,
                "eval_subset": eval_subset(cfg.eval_limit, cfg.seed)}
     meta = {"backbone": cfg.model, "family": ctx.backbone.family.value, "task": task.name,
             "label_words": [list(w) for w in task.label_words], "labels": list(task.labels),
             "head": type(model.head).__name__, "init": cfg.init if isinstance(cfg.init, str) else "tensor",
-            "steps": run.step, "metrics": {"accuracy": final["accuracy"], "accuracy_before": run.accuracy_before},
-            "max_length": cfg.max_length, "seed": cfg.seed}
+            "steps": run.step, "metrics": {"accuracy": final["accuracy"], "accuracy_before": run.accuracy_before,
+                                           "f1": final["f1"], "matthews": final["matthews"], "metric": task.metric},
+            "max_length": cfg.max_length, "seed": cfg.seed, "lr": cfg.lr, "batch_size": cfg.batch_size,
+            "quantization": cfg.quantization, "prompt_length": cfg.prompt_length,
+            "data_dir": os.path.abspath(cfg.data_dir) if cfg.data_dir else None}
     if ctx.backbone.source is not None:
         meta["backbone_source"] = ctx.backbone.source
     head_tensors = {f"head.{n[len('head.'):]}": t for n, t in tensors.items() if n.startswith("head.")}

@@ -121,7 +121,7 @@ def neuron_scores(model, batches: Iterable[dict]) -> dict[str, torch.Tensor]:
     must score the same number of batches). Returns {ffn name: [d_ff] float32 (CPU)}, names as in
     `ffn_layers(model.backbone)` of the full model.
     """
-    from kernels.activation_stats import activation_stats
+    from ds_prompt.kernels.activation_stats import activation_stats
     refs = ffn_layers(model.backbone)
     device = next(model.prompt.parameters()).device
     sums = {r.name: torch.zeros(r.d_ff, dtype=torch.float64) for r in refs}

@@ -39,7 +39,7 @@ from ds_prompt.models.family import Family
 from ds_prompt.models.heads import LabelWordHead, head_transform
 from ds_prompt.models.prompted import PromptedModel, build_head
 from ds_prompt.models.soft_prompt import init_prompt_tensor
-from kernels.topk_retrieval import MAX_K, topk_retrieval
+from ds_prompt.kernels.topk_retrieval import MAX_K, topk_retrieval
 
 FORMAT = "ds_prompt.spt_bank/1"
 BANK_FILE, BANK_META = "bank.safetensors", "bank.json"

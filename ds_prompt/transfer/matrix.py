@@ -2,7 +2,8 @@
 
 A prompt is scored on a target task with the TARGET task's verbalizer: label words for LM families, or, for
 embedding-only encoders, a similarity head rebuilt from the target task's label descriptions (REFERENCE §1).
-Writes matrix.csv (source,target,accuracy; source "random" is the N(0, 0.02) baseline) and matrix.png.
+Writes matrix.csv (source,target,accuracy,f1,matthews,metric; "metric" is the target task's headline metric;
+source "random" is the N(0, 0.02) baseline) and matrix.png (accuracy).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from ds_prompt.transfer.library import (PromptRef, as_list, common_backbone, hea
                                        recorded_family)
 from ds_prompt.transfer.plots import transfer_heatmap
 
-MATRIX_COLUMNS = ("source", "target", "accuracy")
+MATRIX_COLUMNS = ("source", "target", "accuracy", "f1", "matthews", "metric")
 RANDOM_SOURCE = "random"
 
 
@@ -38,8 +39,9 @@ def check_transferable(prompt: PromptRef, task_names: list[str]) -> None:
                         f"{others[0]}; train it with --head similarity or label_words to transfer it")
 
 
-def accuracy_on_task(backbone, prompt: PromptRef, task, examples, max_length: int, batch_size: int = 64) -> float:
-    """Accuracy of `prompt` on `examples` of `task`, with the target task's head (a linear head: its own)."""
+def scores_on_task(backbone, prompt: PromptRef, task, examples, max_length: int, batch_size: int = 64) -> dict:
+    """{accuracy, f1, matthews, loss, n} of `prompt` on `examples` of `task`, with the target task's head (a
+    linear head: its own)."""
     check_transferable(prompt, [task.name])
     built = build_prompted(backbone, task, prompt.tensor.shape[0], max_length, head_kind(prompt.meta),
                            prompt.tensor)
@@ -49,9 +51,8 @@ def accuracy_on_task(backbone, prompt: PromptRef, task, examples, max_length: in
             params[name].data.copy_(value)
     device = ds_setup.device()
     encoded = [built.encoder.encode(e) for e in examples]
-    result = evaluate(built.model.to(device), encoded, batch_size, backbone.tokenizer.pad_token_id,
-                      backbone.family is Family.CAUSAL, device)
-    return result["accuracy"]
+    return evaluate(built.model.to(device), encoded, batch_size, backbone.tokenizer.pad_token_id,
+                    backbone.family is Family.CAUSAL, device)
 
 
 def random_prompt(like: PromptRef, seed: int = 0) -> PromptRef:
@@ -65,7 +66,8 @@ def random_prompt(like: PromptRef, seed: int = 0) -> PromptRef:
 def transfer_matrix(prompts, tasks, data_dir: str | None = None, model: str | None = None,
                     limit: int | None = None, batch_size: int = 64, max_length: int | None = None,
                     random_baseline: bool = True, seed: int = 0, dtype: str = "auto") -> list[dict]:
-    """Rows {source, target, accuracy} for every prompt (by name) x every task, then the random row."""
+    """Rows {source, target, accuracy, f1, matthews, metric} for every prompt (by name) x every task, then the
+    random row."""
     refs = load_prompt_set(prompts)
     task_names = as_list(tasks) or list(dict.fromkeys(p.task for p in refs if p.task))
     if not task_names:
@@ -82,8 +84,9 @@ def transfer_matrix(prompts, tasks, data_dir: str | None = None, model: str | No
         examples = load_examples(task, "eval", data_dir, limit=limit, seed=seed)
         for p in sources:
             length = max_length or p.meta.get("max_length") or refs[0].meta.get("max_length") or 128
-            rows.append({"source": p.name, "target": task.name,
-                         "accuracy": accuracy_on_task(backbone, p, task, examples, length, batch_size)})
+            scores = scores_on_task(backbone, p, task, examples, length, batch_size)
+            rows.append({"source": p.name, "target": task.name, "accuracy": scores["accuracy"],
+                         "f1": scores["f1"], "matthews": scores["matthews"], "metric": task.metric})
     return rows
 
 

@@ -1,0 +1,116 @@
+"""Strict flags (ds_prompt.cli_args): every flag is checked against the command's signature or config before
+any work starts (one error line, exit 2, nothing written), and --help is generated from the same sources."""
+import dataclasses
+import re
+
+import pytest
+
+from ds_prompt.cli import _commands, main
+from ds_prompt.cli_args import check_argv, flags_of, help_text
+from ds_prompt.config import TrainConfig
+from ds_prompt.errors import UserError
+
+
+def run(argv, capsys):
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, [ln for ln in captured.err.splitlines() if ln.startswith("ds-prompt: error")], captured.out
+
+
+# Every case also names a model or prompt that does not exist: were the flags checked after loading, the
+# error would be about that instead.
+MISSING = "/no/such/model"
+
+
+MISTYPED = {  # the issue's cases: each used to do its work first and complain afterwards
+    "evaluate": (["evaluate", "--prompt", "{tmp}/p", "--limt", "16"], "--limt", "--limit"),
+    "export": (["export", "--prompt", "{tmp}/p", "--fromat", "peft", "--output_dir", "{tmp}/out"], "--fromat",
+               "--format"),
+    "transfer matrix": (["transfer", "matrix", "--prompts", "{tmp}/p", "--sed", "3", "--output_dir", "{tmp}/out"],
+                        "--sed", "--seed"),
+    "spt evaluate": (["spt", "evaluate", "--bank", "{tmp}/p", "--batchsize", "8", "--output_dir", "{tmp}/out"],
+                     "--batchsize", "--batch_size"),
+    "train": (["train", "--model", MISSING, "--lrr", "0.1", "--output_dir", "{tmp}/out"], "--lrr", "--lr"),
+    "fpt": (["fpt", "--plan", "ld", "--model", MISSING, "--max_step", "10", "--output_dir", "{tmp}/out"],
+            "--max_step", "--max_steps"),
+    "spt train": (["spt", "train", "--model", MISSING, "--bank_sise", "4", "--output_dir", "{tmp}/out"],
+                  "--bank_sise", "--bank_size"),
+    "projector train": (["projector", "train", "--target_model", MISSING, "--hiden", "4", "--output_dir",
+                         "{tmp}/out"], "--hiden", "--hidden"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MISTYPED))
+def test_a_mistyped_flag_is_one_error_line_and_nothing_is_written(case, tmp_path, capsys):
+    argv, bad, hint = MISTYPED[case]
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    code, errors, _ = run(argv, capsys)
+    assert code == 2 and len(errors) == 1, errors
+    assert f"unknown flag {bad} for `ds-prompt {case}`: did you mean {hint}?" in errors[0]
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+BAD_VALUES = {
+    "choice": (["train", "--model", MISSING, "--scheduler", "cosine"],
+               "unknown --scheduler 'cosine': use one of constant, linear"),
+    "optimizer": (["fpt", "--plan", "ld", "--model", MISSING, "--optimizer", "sgd"], "unknown --optimizer 'sgd'"),
+    "head": (["spt", "train", "--model", MISSING, "--head", "mlp"], "unknown --head 'mlp'"),
+    "dtype of a typed signature": (["evaluate", "--prompt", "p", "--dtype", "fp8"], "unknown --dtype 'fp8'"),
+    "quantization": (["train", "--model", MISSING, "--quantization", "nf8"], "unknown --quantization 'nf8'"),
+    "family any case ok, bad one not": (["train", "--family", "Decoder"], "unknown --family 'Decoder'"),
+    "int": (["evaluate", "--prompt", "p", "--limit", "many"], "--limit 'many' is not a valid int"),
+    "float": (["train", "--lr", "fast"], "--lr 'fast' is not a valid float"),
+    "bool": (["train", "--resume", "maybe"], "--resume 'maybe' is not a valid bool"),
+    "init spec": (["train", "--init", "zeros"], "unknown --init 'zeros'"),
+    "value missing": (["train", "--max_steps"], "--max_steps needs a value"),
+    "repeated, last bad": (["train", "--lr", "1", "--lr", "x"], "--lr 'x' is not a valid float"),
+    "stray positional": (["export", "p", "peft", "out", "extra"], "unexpected argument(s) extra"),
+    "unknown command": (["transfer", "matirx"], "unknown command 'matirx' for `ds-prompt transfer`: did you mean "
+                                                "'matrix'?"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_VALUES))
+def test_bad_values_are_refused_when_parsed(case, capsys):
+    argv, needle = BAD_VALUES[case]
+    code, errors, _ = run(argv, capsys)
+    assert code == 2 and len(errors) == 1 and needle in errors[0], errors
+
+
+def test_fire_spellings_pass_the_check():
+    commands = _commands()
+    for argv in (["train", "--noresume", "--progress", "--max_steps", "1e3", "--lr=1e-2", "--eval_limit", "None",
+                  "--family", "CAUSAL"],
+                 ["evaluate", "some/prompt", "--limit", "1e3"], ["export", "p", "--format=peft"],
+                 ["fpt", "ld", "--score_samples", "10", "--lr", "0.1"], ["spt", "train", "--tasks", "sst2,rte"]):
+        check_argv(commands, argv)
+    with pytest.raises(UserError, match="--nomax_steps"):
+        check_argv(commands, ["train", "--nomax_steps"])  # --noX negates bool flags only
+
+
+def test_train_help_lists_every_config_field_with_its_comment(capsys):
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    for f in dataclasses.fields(TrainConfig):
+        assert re.search(rf"^  --{f.name} ", out, re.M), f.name
+    assert "--schedule_steps INT (default None)  steps the LR schedule spans" in out
+    assert "--scheduler constant|linear (default 'constant')" in out
+    assert "--plan" in help_text(_commands(), ["fpt"]) and "--weight_decay" in help_text(_commands(), ["fpt"])
+
+
+def test_top_level_help_lists_groups_and_hides_internal_commands(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("train", "evaluate", "export", "transfer", "indicators", "projector", "library", "fpt", "spt"):
+        assert re.search(rf"^  {name} ", out, re.M), name
+    assert "fpt_stage" not in out
+    assert main(["spt", "--help"]) == 0 and "inspect" in capsys.readouterr().out
+
+
+def test_every_command_has_checkable_flags():
+    """Every leaf command's flags resolve (a **flags command without a registered config would skip checks)."""
+    def leaves(node, path=()):
+        for name, sub in node.items():
+            yield from leaves(sub, path + (name,)) if isinstance(sub, dict) else [(path + (name,), sub)]
+    for path, fn in leaves(_commands()):
+        assert flags_of(path, fn), path

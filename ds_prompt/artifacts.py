@@ -134,7 +134,10 @@ def export_peft(prompt: torch.Tensor, meta: dict, output_dir: str | os.PathLike,
     """Write a PEFT PromptTuning adapter (adapter_config.json + adapter_model.safetensors).
 
     PEFT stores "prompt_embeddings" [num_virtual_tokens * num_transformer_submodules, d]; seq2seq models
-    get the prompt for the encoder only, so one submodule.
+    get the prompt for the encoder only, so one submodule. `base_model_name_or_path` is the real folder or hub
+    id the prompt was trained on (prompt.json's backbone_path; an alias such as `minilm` otherwise), so
+    `AutoPeftModel*.from_pretrained(adapter)` finds it; the task, label words, labels and template go into
+    the safetensors metadata ("ds_prompt" key, JSON).
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -145,7 +148,7 @@ def export_peft(prompt: torch.Tensor, meta: dict, output_dir: str | os.PathLike,
         "token_dim": int(prompt.shape[1]),
         "num_transformer_submodules": 1,
         "prompt_tuning_init": "RANDOM",
-        "base_model_name_or_path": meta.get("backbone"),
+        "base_model_name_or_path": meta.get("backbone_path") or meta.get("backbone"),
         "inference_mode": True,
         "revision": None,
         "tokenizer_name_or_path": None,
@@ -156,8 +159,11 @@ def export_peft(prompt: torch.Tensor, meta: dict, output_dir: str | os.PathLike,
     if model_config is not None:
         config["num_attention_heads"] = getattr(model_config, "num_attention_heads", None)
         config["num_layers"] = getattr(model_config, "num_hidden_layers", None) or getattr(model_config, "num_layers", None)
+    task_facts = {k: meta[k] for k in ("backbone", "task", "labels", "label_words", "template", "family", "head")
+                  if meta.get(k) is not None}
     with atomic_path(out / PEFT_WEIGHTS) as tmp:
-        save_file({"prompt_embeddings": prompt.detach().float().cpu().contiguous()}, str(tmp))
+        save_file({"prompt_embeddings": prompt.detach().float().cpu().contiguous()}, str(tmp),
+                  metadata={"format": "pt", "ds_prompt": json.dumps(task_facts)})
     write_json(out / PEFT_CONFIG, config)
     return out
 

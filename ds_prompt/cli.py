@@ -31,20 +31,84 @@ def train(config: str | None = None, **flags) -> dict:
 def evaluate(prompt: str, task: str | None = None, data_dir: str | None = None, model: str | None = None,
              split: str = "eval", limit: int | None = None, batch_size: int = 64, output_dir: str | None = None,
              family: str | None = None, dtype: str = "auto", max_length: int | None = None,
-             seed: int | None = None) -> None:
+             seed: int | None = None, quantization: str | None = None) -> None:
     """Accuracy of a trained prompt on a task's eval split (default: the task it was trained on).
 
     --prompt a prompt folder / prompt.safetensors / PEFT adapter; --model overrides the backbone recorded in
     prompt.json. --limit N scores a seeded subset chosen by --seed (default: the prompt's training seed), the
     same rule as training's --eval_limit, so `train --eval_limit N` and `evaluate --limit N` score the same
-    examples. Prints the accuracy and writes eval_<task>.json (with the subset rule) into --output_dir
-    (default: the prompt's folder).
+    examples. --data_dir and --quantization default to what the run recorded in prompt.json. Prints the
+    accuracy and writes eval_<task>.json (accuracy, f1, matthews, the subset rule) into --output_dir (default:
+    the prompt's folder).
     """
     from ds_prompt.engine.inference import evaluate_prompt
     result = evaluate_prompt(prompt, task=task, data_dir=data_dir, model=model, split=split, limit=limit,
                              batch_size=batch_size, output_dir=output_dir, family=family, dtype=dtype,
-                             max_length=max_length, seed=seed)
+                             max_length=max_length, seed=seed, quantization=quantization)
     _print_rank0(f"{result['task']}: accuracy {result['accuracy']:.4f} on {result['n']} examples")
+
+
+def predict(prompt: str, output: str, task: str | None = None, split: str = "eval", input: str | None = None,
+            data_dir: str | None = None, model: str | None = None, limit: int | None = None, batch_size: int = 64,
+            dtype: str = "auto", quantization: str | None = None, seed: int | None = None) -> None:
+    """Write predictions of a trained prompt: one JSON line per example with its id, texts, gold label (null
+    when unknown), predicted label and class probabilities.
+
+    --prompt P --output preds.jsonl; examples from --task's --split (default: the prompt's task, eval split;
+    --limit N: the seeded subset rule of `evaluate`) or from --input FILE (.jsonl/.json/.csv/.tsv/.parquet
+    with the task's text fields; label and id optional). --data_dir and --quantization default to what the run
+    recorded.
+    """
+    from ds_prompt.engine.inference import predict as run
+    r = run(prompt, output, task=task, split=split, input=input, data_dir=data_dir, model=model, limit=limit,
+            batch_size=batch_size, dtype=dtype, quantization=quantization, seed=seed)
+    shown = f"; accuracy {r['accuracy']:.4f} on the {r['labeled']} labeled" if r["accuracy"] is not None else ""
+    _print_rank0(f"{r['task']}: wrote {r['n']} predictions to {r['output']}{shown}")
+
+
+def generate(prompt: str, text: str | None = None, input: str | None = None, output: str | None = None,
+             model: str | None = None, max_new_tokens: int = 32, dtype: str = "auto",
+             quantization: str | None = None) -> None:
+    """Generate text (greedy) from a causal or seq2seq backbone with a trained soft prompt prepended.
+
+    --prompt P and --text "..." (printed), or --input FILE (one text per line; .jsonl lines may be objects with
+    a "text" field) with --output FILE.jsonl ({text, generated} per line). --max_new_tokens N (default 32).
+    """
+    import json
+    from ds_prompt.engine.inference import generate_texts
+    if (text is None) == (input is None):
+        raise UserError("generate needs exactly one of --text \"...\" and --input FILE")
+    if input is not None:
+        if not os.path.isfile(input):
+            raise UserError(f"--input '{input}' does not exist: pass a text or .jsonl file, one input per line")
+        texts = []
+        for number, line in enumerate(open(input, encoding="utf-8"), 1):
+            if not line.strip():
+                continue
+            if input.endswith(".jsonl"):
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    raise UserError(f"{input}:{number}: not valid JSON: write one object per line") from None
+                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                    raise UserError(f"{input}:{number}: needs a string field 'text'")
+                texts.append(record["text"])
+            else:
+                texts.append(line.rstrip("\n"))
+        if not output:
+            raise UserError("generate --input needs --output FILE.jsonl")
+    else:
+        texts = [str(text)]
+    results = generate_texts(prompt, texts, model=model, max_new_tokens=max_new_tokens, dtype=dtype,
+                             quantization=quantization)
+    if output:
+        from ds_prompt.io import atomic_path
+        with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps({"text": r["text"], "generated": r["generated"]}, ensure_ascii=False) + "\n"
+                         for r in results)
+        _print_rank0(f"wrote {len(results)} generations to {output}")
+    else:
+        _print_rank0(results[0]["generated"])
 
 
 def export(prompt: str, format: str = "peft", output_dir: str | None = None) -> None:
@@ -67,7 +131,7 @@ def _print_rank0(text: str, file=None) -> None:
         print(text, file=file or sys.stdout, flush=True)
 
 
-COMMANDS = {"train": train, "evaluate": evaluate, "export": export}
+COMMANDS = {"train": train, "evaluate": evaluate, "predict": predict, "generate": generate, "export": export}
 
 
 def _strip_launcher_args(argv: list[str]) -> list[str]:

@@ -98,3 +98,32 @@ def test_width_and_length_mismatch_name_the_fix(tmp_path):
     with pytest.raises(UserError, match="--prompt_length 4"):
         init_prompt_tensor(f"file:{tmp_path / 'q'}", 9, model.get_input_embeddings(), tok, 0)
     assert json.loads((tmp_path / "q" / "prompt.json").read_text())["d_model"] == 32
+
+
+def test_exported_adapter_names_the_real_base_model_for_auto_peft(tmp_path):
+    """A run on a model folder records its path; the exported adapter points AutoPeftModelForCausalLM at it and
+    carries the task, labels, label words and template in its safetensors metadata."""
+    import json
+
+    from safetensors import safe_open
+
+    from ds_prompt.cli import main
+    from ds_prompt.models.tiny import build_tiny
+    peft = pytest.importorskip("peft")
+    model, tok = build_tiny("gpt2")
+    model.save_pretrained(tmp_path / "gpt2")
+    tok.save_pretrained(tmp_path / "gpt2")
+    run = tmp_path / "run"
+    assert main(["train", "--model", str(tmp_path / "gpt2"), "--task", "demo", "--max_steps", "2", "--batch_size",
+                 "8", "--train_limit", "16", "--eval_limit", "8", "--prompt_length", "4", "--progress", "False",
+                 "--output_dir", str(run)]) == 0
+    assert main(["export", "--prompt", str(run), "--output_dir", str(tmp_path / "adapter")]) == 0
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tmp_path / "gpt2")
+    loaded = peft.AutoPeftModelForCausalLM.from_pretrained(str(tmp_path / "adapter"))
+    prompt, _, _ = load_prompt(run)
+    torch.testing.assert_close(loaded.prompt_encoder["default"].embedding.weight.detach(), prompt)
+    with safe_open(str(tmp_path / "adapter" / "adapter_model.safetensors"), "pt") as f:
+        facts = json.loads(f.metadata()["ds_prompt"])
+    assert facts["task"] == "demo" and facts["labels"] == ["negative", "positive"]
+    assert facts["template"] and facts["label_words"]

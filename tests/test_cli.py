@@ -150,3 +150,80 @@ def test_evaluate_reads_the_data_dir_recorded_in_prompt_json(tmp_path, capsys):
     result = json.loads((out / "eval_demo.json").read_text())
     assert result["n"] == 20 and result["data_dir"] == str(data)  # the recorded folder: 20, not the demo 160
     assert {"f1", "matthews"} <= set(result)
+
+
+def test_predict_writes_one_line_per_example_consistent_with_evaluate(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train"] + BASE + ["--output_dir", str(out)]) == 0
+    assert main(["evaluate", "--prompt", str(out), "--limit", "16"]) == 0
+    evaluated = json.loads((out / "eval_demo.json").read_text())
+    preds_path = tmp_path / "preds" / "demo.jsonl"
+    assert main(["predict", "--prompt", str(out), "--output", str(preds_path), "--limit", "16"]) == 0
+    rows = [json.loads(line) for line in preds_path.read_text().splitlines()]
+    assert len(rows) == 16 and [r["id"] for r in rows] == list(range(16))
+    for r in rows:
+        assert set(r) == {"id", "text", "label", "predicted", "probabilities"}
+        assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert r["predicted"] == max(r["probabilities"], key=r["probabilities"].get)
+    accuracy = sum(r["predicted"] == r["label"] for r in rows) / 16
+    assert accuracy == pytest.approx(evaluated["accuracy"])  # the same subset, the same model
+    assert f"accuracy {accuracy:.4f} on the 16 labeled" in capsys.readouterr().out
+    unlabeled = tmp_path / "mine.jsonl"  # the user's own texts: no label, own ids
+    unlabeled.write_text("".join(json.dumps({"id": f"x{i}", "text": r["text"]}) + "\n"
+                                 for i, r in enumerate(rows[:3])))
+    assert main(["predict", "--prompt", str(out), "--input", str(unlabeled), "--output", str(tmp_path / "p2.jsonl")]) == 0
+    again = [json.loads(line) for line in (tmp_path / "p2.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in again] == ["x0", "x1", "x2"] and all(r["label"] is None for r in again)
+    assert [r["predicted"] for r in again] == [r["predicted"] for r in rows[:3]]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"txt": "typo"}\n')
+    code, errors = run(["predict", "--prompt", str(out), "--input", str(bad), "--output", str(tmp_path / "p3.jsonl")],
+                       capsys)
+    assert code == 2 and f"{bad}:2: missing field 'text'" in errors[0] and not (tmp_path / "p3.jsonl").exists()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "t5"])
+def test_generate_equals_greedy_decoding_of_the_plain_hf_model_with_the_prompt(arch, tmp_path, capsys):
+    """`ds-prompt generate` matches a hand-written greedy loop over the unmodified HF model fed
+    [prompt; text] embeddings (decoder-only: the growing sequence; T5: the encoder input)."""
+    from ds_prompt.engine.inference import generate_texts
+    from ds_prompt.models.tiny import build_tiny
+    model, tok = build_tiny(arch)
+    prompt = torch.randn(4, model.config.hidden_size if arch != "t5" else model.config.d_model) * 0.5
+    save_prompt(tmp_path / "p", prompt, {"backbone": f"tiny:{arch}", "task": "demo",
+                                         "family": "seq2seq" if arch == "t5" else "causal"})
+    text = "the movie was a total delight"
+    got = generate_texts(str(tmp_path / "p"), [text], max_new_tokens=6, dtype="fp32")[0]["token_ids"]
+    ids = tok(text, return_tensors="pt")["input_ids"]
+    emb = model.get_input_embeddings()
+    x = torch.cat([prompt[None], emb(ids)], 1)
+    want = []
+    with torch.no_grad():
+        if arch == "t5":
+            enc = model.get_encoder()(inputs_embeds=x).last_hidden_state
+            dec = torch.tensor([[model.config.decoder_start_token_id]])
+            for _ in range(6):
+                logits = model(encoder_outputs=(enc,), decoder_input_ids=dec).logits[0, -1]
+                nxt = int(logits.argmax())
+                want.append(nxt)
+                if nxt == model.config.eos_token_id:
+                    break
+                dec = torch.cat([dec, torch.tensor([[nxt]])], 1)
+        else:
+            for _ in range(6):
+                nxt = int(model(inputs_embeds=x).logits[0, -1].argmax())
+                want.append(nxt)
+                if nxt == model.config.eos_token_id:
+                    break
+                x = torch.cat([x, emb(torch.tensor([[nxt]]))], 1)
+    assert got == want
+    assert main(["generate", "--prompt", str(tmp_path / "p"), "--text", text, "--max_new_tokens", "6"]) == 0
+    assert capsys.readouterr().out.strip() == tok.decode(want, skip_special_tokens=True).strip()
+
+
+def test_generate_refuses_encoders_and_bad_inputs(tmp_path, capsys):
+    save_prompt(tmp_path / "p", torch.randn(4, 32), {"backbone": "tiny:bert", "task": "demo", "family": "mlm"})
+    code, errors = run(["generate", "--prompt", str(tmp_path / "p"), "--text", "hi"], capsys)
+    assert code == 2 and "needs a causal or seq2seq backbone" in errors[0]
+    code, errors = run(["generate", "--prompt", str(tmp_path / "p")], capsys)
+    assert code == 2 and "exactly one of --text" in errors[0]

@@ -91,6 +91,30 @@ def load_examples(
 # ------------------------------------------------------------------------------------------------ local files
 
 
+def read_input_file(task: TaskSpec, path: str | Path) -> tuple[list[Example], list[object]]:
+    """(examples, ids) of a user's file for prediction (jsonl, json, csv, tsv or parquet): each record needs
+    the task's text fields; its label is optional (-1 when absent); its id is the record's `id` or `idx`
+    field, else its position. Errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--input '{path}' does not exist: pass a .jsonl/.json/.csv/.tsv/.parquet file")
+    if path.suffix not in (".jsonl", ".json", ".csv", ".tsv", ".parquet"):
+        raise UserError(f"--input '{path}' has suffix '{path.suffix}': use .jsonl, .json, .csv, .tsv or .parquet")
+    label_ids = _label_ids(task)
+    examples, ids = [], []
+    for where, record in _read_records(path):
+        if isinstance(record, dict) and "label" not in record:
+            record = {**record, "label": 0}
+            example = _to_example(task, record, where, label_ids)
+            example = Example(example.texts, -1)
+        else:
+            example = _to_example(task, record, where, label_ids)
+        examples.append(example)
+        ids.append(record.get("id", record.get("idx", len(ids))))
+    require(examples, f"'{path}' holds no records: write one object per line with {', '.join(task.text_fields)}")
+    return examples, ids
+
+
 def _task_subfolder(root: Path, task_name: str) -> Path | None:
     exact = root / task_name
     if exact.is_dir():

@@ -205,6 +205,7 @@ def _finish(ctx: _LoopContext, run: RunState, final: dict, task) -> dict:
                "eval_subset": eval_subset(cfg.eval_limit, cfg.seed)}
     meta = {"backbone": cfg.model, "family": ctx.backbone.family.value, "task": task.name,
             "label_words": [list(w) for w in task.label_words], "labels": list(task.labels),
+            "template": task.template,
             "head": type(model.head).__name__, "init": cfg.init if isinstance(cfg.init, str) else "tensor",
             "steps": run.step, "metrics": {"accuracy": final["accuracy"], "accuracy_before": run.accuracy_before,
                                            "f1": final["f1"], "matthews": final["matthews"], "metric": task.metric},
@@ -213,6 +214,8 @@ def _finish(ctx: _LoopContext, run: RunState, final: dict, task) -> dict:
             "data_dir": os.path.abspath(cfg.data_dir) if cfg.data_dir else None}
     if ctx.backbone.source is not None:
         meta["backbone_source"] = ctx.backbone.source
+    if ctx.backbone.path is not None:
+        meta["backbone_path"] = ctx.backbone.path  # the folder / hub id behind an alias (minilm, smollm2)
     head_tensors = {f"head.{n[len('head.'):]}": t for n, t in tensors.items() if n.startswith("head.")}
     dist.on_rank0(save_prompt, ctx.out, prompt, meta, head_tensors)
     dist.on_rank0(write_json, os.path.join(ctx.out, "metrics.json"), metrics)

@@ -27,6 +27,7 @@ class Backbone:
     family: Family
     name: str
     source: dict | None = None  # where the weights came from when not a plain HF folder (GGUF: file, sha256)
+    path: str | None = None     # what from_pretrained read: a folder or hub id (aliases resolved); None: tiny
 
     @property
     def d_model(self) -> int:
@@ -109,7 +110,7 @@ def load_backbone(name: str = DEFAULT_MODEL, family: str | Family | None = None,
                   attn_implementation: str = "sdpa", quantization: str | None = None) -> Backbone:
     """Load `name` frozen. Raises UserError for unknown names (offline hub misses included)."""
     torch_dtype = resolve_dtype(dtype)
-    source = None
+    source, path = None, None
     if name.startswith("tiny:"):
         from ds_prompt.models.tiny import build_tiny
         check_quantization(name, quantization)
@@ -145,4 +146,5 @@ def load_backbone(name: str = DEFAULT_MODEL, family: str | Family | None = None,
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     tok.padding_side = "left" if fam is Family.CAUSAL else "right"
-    return Backbone(model=freeze(model), tokenizer=tok, family=fam, name=name, source=source)
+    return Backbone(model=freeze(model), tokenizer=tok, family=fam, name=name, source=source,
+                    path=os.path.abspath(path) if path and os.path.isdir(path) else path)

@@ -243,3 +243,14 @@ def check_quantization(model: str, quantization: str | None) -> None:
 
 def config_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def write_config_yaml(out: str, cfg) -> None:
+    """<out>/config.yaml: the resolved config of a run (defaults, config file and flags merged); it is a valid
+    --config file for the same run."""
+    import yaml
+
+    from ds_prompt.io import atomic_path
+    path = Path(out) / "config.yaml"
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        yaml.safe_dump(config_dict(cfg), f, sort_keys=False)

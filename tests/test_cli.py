@@ -171,7 +171,8 @@ def test_predict_writes_one_line_per_example_consistent_with_evaluate(tmp_path, 
     unlabeled = tmp_path / "mine.jsonl"  # the user's own texts: no label, own ids
     unlabeled.write_text("".join(json.dumps({"id": f"x{i}", "text": r["text"]}) + "\n"
                                  for i, r in enumerate(rows[:3])))
-    assert main(["predict", "--prompt", str(out), "--input", str(unlabeled), "--output", str(tmp_path / "p2.jsonl")]) == 0
+    argv = ["predict", "--prompt", str(out), "--input", str(unlabeled), "--output", str(tmp_path / "p2.jsonl")]
+    assert main(argv) == 0
     again = [json.loads(line) for line in (tmp_path / "p2.jsonl").read_text().splitlines()]
     assert [r["id"] for r in again] == ["x0", "x1", "x2"] and all(r["label"] is None for r in again)
     assert [r["predicted"] for r in again] == [r["predicted"] for r in rows[:3]]

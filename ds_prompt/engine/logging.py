@@ -1,4 +1,6 @@
-"""Rank-0 run logging: a progress bar and TensorBoard scalars under <output_dir>/tb."""
+"""Rank-0 run logging: a progress bar, TensorBoard scalars (and the run's config as hparams) under
+<output_dir>/tb, and every scalar also through DeepSpeed's monitor, so the `tensorboard`, `csv_monitor`,
+`wandb` or `comet` blocks of a DeepSpeed config receive all of them (not only DeepSpeed's own)."""
 from __future__ import annotations
 
 import sys
@@ -9,9 +11,10 @@ from ds_prompt.dist import is_rank0
 class RunLogger:
     """Scalars to TensorBoard, a tqdm bar, and one-line messages; all no-ops on ranks other than 0."""
 
-    def __init__(self, tb_dir: str | None, total_steps: int, start_step: int, progress: bool = True):
+    def __init__(self, tb_dir: str | None, total_steps: int, start_step: int, progress: bool = True, monitor=None):
         self.active = is_rank0()
         self.writer = self.bar = None
+        self.monitor = monitor if monitor is not None and getattr(monitor, "enabled", False) else None
         if not self.active:
             return
         if tb_dir:
@@ -23,10 +26,21 @@ class RunLogger:
                             file=sys.stderr)
 
     def scalars(self, step: int, values: dict[str, float], prefix: str = "train") -> None:
+        events = [(f"{prefix}/{k}", float(v), step) for k, v in values.items()
+                  if v is not None and isinstance(v, (int, float))]
         if self.writer:
-            for k, v in values.items():
-                if v is not None:
-                    self.writer.add_scalar(f"{prefix}/{k}", v, step)
+            for tag, value, at in events:
+                self.writer.add_scalar(tag, value, at)
+        if self.monitor is not None and self.active:
+            self.monitor.write_events(events)
+
+    def hparams(self, config: dict, metrics: dict[str, float]) -> None:
+        """The resolved config as TensorBoard hparams (HPARAMS tab), next to the final `metrics`."""
+        if not self.writer:
+            return
+        flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in config.items()}
+        self.writer.add_hparams(flat, {f"hparam/{k}": float(v) for k, v in metrics.items() if v is not None},
+                                run_name=".")
 
     def advance(self, n: int = 1, **postfix) -> None:
         if self.bar:

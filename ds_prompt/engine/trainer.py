@@ -15,7 +15,7 @@ import torch
 from ds_prompt import dist
 from ds_prompt.artifacts import save_prompt
 from ds_prompt.builders import build_prompted, load_model_for
-from ds_prompt.config import TrainConfig
+from ds_prompt.config import TrainConfig, config_dict, write_config_yaml
 from ds_prompt.data.encoding import BatchPlan, collate
 from ds_prompt.data.loading import load_examples
 from ds_prompt.data.tasks import get_task
@@ -63,6 +63,7 @@ def train_identity(cfg: TrainConfig, task, init_tensor: bool = False) -> dict:
 
 def _train(cfg: TrainConfig, task, prompt_override, model_transform) -> dict:
     out = ds_setup.start_run(cfg.resolved_output_dir(), cfg.seed)
+    dist.on_rank0(write_config_yaml, out, cfg)
     train_examples = load_examples(task, "train", cfg.data_dir, limit=cfg.train_limit, seed=cfg.seed)
     eval_examples = load_examples(task, "eval", cfg.data_dir, limit=cfg.eval_limit, seed=cfg.seed)
     ds_config = ds_setup.ds_config_for(cfg)
@@ -98,7 +99,7 @@ def _train(cfg: TrainConfig, task, prompt_override, model_transform) -> dict:
 
     progress.track(out, run)
     ctx = _LoopContext(cfg, out, engine, scheduler, plan, train_enc, eval_enc, built, backbone)
-    log = RunLogger(os.path.join(out, "tb"), cfg.max_steps, run.step, cfg.progress)
+    log = RunLogger(os.path.join(out, "tb"), cfg.max_steps, run.step, cfg.progress, getattr(engine, "monitor", None))
     if resumed:
         log.message(f"starting from {resumed[1]['source']} at step {run.step}")
     try:
@@ -108,6 +109,8 @@ def _train(cfg: TrainConfig, task, prompt_override, model_transform) -> dict:
         _train_loop(ctx, run, log)
         final = ctx.evaluate()
         log.scalars(run.step, final, prefix="eval")  # TensorBoard ends on the accuracy metrics.json reports
+        log.hparams(config_dict(cfg), {"accuracy": final["accuracy"], "accuracy_before": run.accuracy_before,
+                                       "f1": final["f1"], "matthews": final["matthews"]})
         if cfg.save_every:
             _save_checkpoint(ctx, run)
     finally:

@@ -223,7 +223,7 @@ def _train(cfg: SPTConfig, mode: Mode, seen: list, heldout: list) -> dict:
     max_steps = 0 if mode is Mode.UNTRAINED else cfg.max_steps
     progress.track(out, run)
     ctx = _Context(cfg, out, engine, scheduler, plan, suite, model, backbone, bank, len(seen), max_steps)
-    log = RunLogger(os.path.join(out, "tb"), max_steps, run.step, cfg.progress)
+    log = RunLogger(os.path.join(out, "tb"), max_steps, run.step, cfg.progress, getattr(engine, "monitor", None))
     if resumed:
         log.message(f"resuming {out} at step {run.step}")
     try:

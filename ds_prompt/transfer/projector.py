@@ -284,7 +284,7 @@ def train_projector(cfg: ProjectorTrainConfig) -> dict:
     engine, _, _ = ds_setup.initialize_engine(objective, ds_config, optimizer, scheduler)
     engine.eval()  # no dropout anywhere: the backbone is frozen and the projector has none
 
-    log = RunLogger(os.path.join(out, "tb"), cfg.max_steps, 0, cfg.progress)
+    log = RunLogger(os.path.join(out, "tb"), cfg.max_steps, 0, cfg.progress, getattr(engine, "monitor", None))
     try:
         before = _evaluate_pairs(engine, data, cfg, backbone)
         _projector_loop(engine, data, cfg, backbone, log)

@@ -132,6 +132,9 @@ def build_config(cls=TrainConfig, config: str | None = None, keep_none: bool = F
     so `--eval_limit None` there means "no limit")."""
     values = load_config_file(config) if config else {}
     values.update({k: v for k, v in overrides.items() if keep_none or v is not None})
+    if isinstance(values.get("task"), dict):  # a `task:` mapping in the config file: validated, registered
+        from ds_prompt.data.tasks import use_task
+        values["task"] = use_task(values["task"]).name
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:

@@ -228,3 +228,34 @@ def test_generate_refuses_encoders_and_bad_inputs(tmp_path, capsys):
     assert code == 2 and "needs a causal or seq2seq backbone" in errors[0]
     code, errors = run(["generate", "--prompt", str(tmp_path / "p")], capsys)
     assert code == 2 and "exactly one of --text" in errors[0]
+
+
+def test_custom_task_file_trains_and_later_commands_rebuild_it(tmp_path, capsys):
+    """`--task my_task.yaml` (and a `task:` mapping in --config) defines a task; prompt.json records its
+    mapping, so evaluate/predict work in a new process without the file."""
+    import yaml
+    from ds_prompt.data import tasks
+    from ds_prompt.data.loading import DEMO_DIR
+    spec = {"name": "moviemood", "text_fields": ["text"], "labels": ["negative", "positive"],
+            "label_words": [["bad"], ["good"]], "template": "{text} Overall it was {mask}.", "metric": "f1"}
+    task_file = tmp_path / "moviemood.yaml"
+    task_file.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "run"
+    argv = ["train", *BASE, "--task", str(task_file), "--data_dir", str(DEMO_DIR), "--output_dir", str(out)]
+    assert main(argv) == 0
+    meta = json.loads((out / "prompt.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert meta["task"] == "moviemood" and meta["task_spec"]["template"] == spec["template"]
+    assert metrics["metric"] == "f1"
+    del tasks._REGISTRY[tasks._lookup_key("moviemood")]  # as in a fresh process
+    assert main(["evaluate", "--prompt", str(out)]) == 0
+    assert json.loads((out / "eval_moviemood.json").read_text())["accuracy"] == pytest.approx(metrics["accuracy"])
+    del tasks._REGISTRY[tasks._lookup_key("moviemood")]
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"task": dict(spec, name="moviemood2"), "data_dir": str(DEMO_DIR)}))
+    assert main(["train", *BASE[:2], *BASE[4:], "--config", str(config), "--output_dir", str(tmp_path / "r2")]) == 0
+    assert json.loads((tmp_path / "r2" / "prompt.json").read_text())["task"] == "moviemood2"
+    clash = tmp_path / "sst2.yaml"
+    clash.write_text(yaml.safe_dump(dict(spec, name="sst2")))
+    code, errors = run(["train", *BASE, "--task", str(clash)], capsys)
+    assert code == 2 and "a built-in task's name" in errors[0]

@@ -58,6 +58,9 @@ def test_pt_spt_fpt_tpt_tables(results):
                                 "accuracy": a} for s, a in ((42, 0.8), (43, 0.9), (44, 0.85))])
     pt = "\n".join(render_readme.pt_section())
     assert "0.850 ± 0.029" in pt and "1 of 1 tasks (sst2)" in pt
+    _csv(results, "pt_tasks", [{"task": "cola", "seed": 42, "steps": 250, "n_eval": 1000, "accuracy_before": 0.5,
+                                "accuracy": 0.7, "metric": "matthews", "headline": 0.31}])
+    assert "| matthews 0.310 |" in "\n".join(render_readme.pt_section())
     _csv(results, "spt", [{"mode": m, "seed": s, "steps": 300, "rte": v, "qnli": v, "snli": v, "heldout_mean": v,
                            "n_eval": "277/300/300"} for m, v in (("spt", 0.6), ("shared", 0.5)) for s in (42, 43)])
     assert "**reproduced**" in "\n".join(render_readme.spt_section())

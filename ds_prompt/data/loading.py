@@ -1,13 +1,19 @@
 """Loading a task's labeled examples from local files or from the Hugging Face hub.
 
-Local layout (the same as `shared/data`): a task folder holding one file per split, `<split>.jsonl` (or .json,
-.tsv, .csv, .parquet), each record carrying the task's text fields and a `label`; a data root holds one such
-folder per task (`<root>/<task>/`). Labels may be names from `TaskSpec.labels` or class ids (ints or numeric
-strings). Every problem with a file is reported as a one-line `UserError` naming the file and line.
+Local layout (the same as `shared/data`): a task folder holding each split as
+- one file `<split>.jsonl` (or .json, .tsv, .csv, .parquet; the text formats also gzipped, `.jsonl.gz`), or
+- shards `<split>-*.<ext>` (e.g. `train-00000-of-00002.parquet`), also under `data/` (the hub's layout), or
+- a `datasets` folder written by `save_to_disk`: a DatasetDict (`dataset_dict.json`) or one Dataset per split
+  folder (`<split>/state.json`), read with `datasets.load_from_disk`;
+each record carrying the task's text fields and a `label`; a data root holds one such folder per task
+(`<root>/<task>/`). Labels may be names from `TaskSpec.labels` or class ids (ints or numeric strings). The
+text formats are read line by line here, so every problem with a file is a one-line `UserError` naming the
+file and line (a `datasets` folder: the split and row).
 """
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import random
 from dataclasses import dataclass
@@ -17,7 +23,7 @@ from typing import Iterator
 from ds_prompt.data.tasks import TaskSpec
 from ds_prompt.errors import UserError, require
 
-SPLIT_SUFFIXES = (".jsonl", ".json", ".tsv", ".csv", ".parquet")
+SPLIT_SUFFIXES = (".jsonl", ".json", ".tsv", ".csv", ".parquet", ".jsonl.gz", ".json.gz", ".tsv.gz", ".csv.gz")
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
 EVAL_ALIAS = "eval"
 
@@ -98,8 +104,8 @@ def read_input_file(task: TaskSpec, path: str | Path) -> tuple[list[Example], li
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--input '{path}' does not exist: pass a .jsonl/.json/.csv/.tsv/.parquet file")
-    if path.suffix not in (".jsonl", ".json", ".csv", ".tsv", ".parquet"):
-        raise UserError(f"--input '{path}' has suffix '{path.suffix}': use .jsonl, .json, .csv, .tsv or .parquet")
+    if _suffix(path) not in SPLIT_SUFFIXES:
+        raise UserError(f"--input '{path}' has suffix '{path.suffix}': use {', '.join(SPLIT_SUFFIXES)}")
     label_ids = _label_ids(task)
     examples, ids = [], []
     for where, record in _read_records(path):
@@ -128,7 +134,10 @@ def _folder_key(name: str) -> str:
 
 
 def _is_split_file(path: Path) -> bool:
-    return path.is_file() and path.suffix in SPLIT_SUFFIXES
+    """A split file or shard, a `data/` folder holding them, or a `save_to_disk` folder (or its marker)."""
+    if path.is_dir():
+        return path.name == "data" or (path / "state.json").is_file()
+    return path.is_file() and (_suffix(path) in SPLIT_SUFFIXES or path.name == "dataset_dict.json")
 
 
 def _listing(folder: Path, most: int = 20) -> str:
@@ -137,31 +146,92 @@ def _listing(folder: Path, most: int = 20) -> str:
     return shown or "nothing"
 
 
-def _split_file(task: TaskSpec, split: str, folder: Path) -> Path:
-    """The first existing `<name><suffix>` for the split; eval requests fall back to test, then validation."""
+def _split_names(task: TaskSpec, split: str) -> list[str]:
     if split in (EVAL_ALIAS, task.eval_split):
-        names = list(dict.fromkeys([task.eval_split, "test", "validation"]))
-    else:
-        names = [split]
+        return list(dict.fromkeys([task.eval_split, "test", "validation"]))
+    return [split]
+
+
+def _suffix(path: Path) -> str:
+    """'.jsonl', '.jsonl.gz', ... (the suffixes that pick a reader)."""
+    name = path.name
+    return next((s for s in sorted(SPLIT_SUFFIXES, key=len, reverse=True) if name.endswith(s)), path.suffix)
+
+
+def _split_files(task: TaskSpec, split: str, folder: Path) -> list[Path]:
+    """The split's file, or its shards in name order; eval requests fall back to test, then validation."""
+    names = _split_names(task, split)
     for name in names:
-        for suffix in SPLIT_SUFFIXES:
-            path = folder / f"{name}{suffix}"
-            if path.is_file():
-                return path
+        for base in (folder, folder / "data"):
+            for suffix in SPLIT_SUFFIXES:
+                single = base / f"{name}{suffix}"
+                if single.is_file():
+                    return [single]
+                shards = sorted(p for p in base.glob(f"{name}-*{suffix}") if p.is_file() and _suffix(p) == suffix)
+                if shards:
+                    return shards
     raise UserError(
         f"no file for split '{split}' of task '{task.name}' in '{folder}' (looked for {' / '.join(names)} with "
-        f"{', '.join(SPLIT_SUFFIXES)}; found: {_listing(folder)}): add e.g. {names[0]}.jsonl or pick another split"
+        f"{', '.join(SPLIT_SUFFIXES)}, shards <split>-*.<ext>, data/<split>-*.<ext> and a save_to_disk folder; "
+        f"found: {_listing(folder)}): add e.g. {names[0]}.jsonl or pick another split"
     )
 
 
+def split_sources(task: TaskSpec, split: str, folder: Path) -> list[Path]:
+    """The files `split` is read from (run identities fingerprint them): its file or shards, or a saved
+    dataset's arrow files and state.json. UserError when the split has none."""
+    names = _split_names(task, split)
+    for name in names:
+        saved = folder / name
+        if (saved / "state.json").is_file():
+            return sorted(saved.glob("*.arrow")) + [saved / "state.json"]
+    return _split_files(task, split, folder)
+
+
+def _saved_dataset(task: TaskSpec, split: str, folder: Path):
+    """(datasets.Dataset, its name for messages) when `folder` holds a `save_to_disk` DatasetDict or per-split
+    Dataset folders, else None."""
+    names = _split_names(task, split)
+    if (folder / "dataset_dict.json").is_file():
+        from datasets import load_from_disk
+        data = load_from_disk(str(folder))
+        for name in names:
+            if name in data:
+                return data[name], f"{folder}[{name}]"
+        raise UserError(f"'{folder}' (a saved DatasetDict) has no split {' / '.join(names)} (it has "
+                        f"{', '.join(data)}): pick another split")
+    for name in names:
+        if (folder / name / "state.json").is_file():
+            from datasets import load_from_disk
+            return load_from_disk(str(folder / name)), str(folder / name)
+    if (folder / "state.json").is_file() and (folder / "dataset_info.json").is_file():
+        raise UserError(f"'{folder}' is one saved Dataset without split names: save a DatasetDict, or put each "
+                        f"split in <data_dir>/<split>/ (e.g. {names[0]}/)")
+    return None
+
+
 def _load_local(task: TaskSpec, split: str, folder: Path) -> list[Example]:
-    path = _split_file(task, split, folder)
     label_ids = _label_ids(task)
-    try:
-        examples = [_to_example(task, record, where, label_ids) for where, record in _read_records(path)]
-    except UnicodeDecodeError as err:
-        raise UserError(f"'{path}' is not UTF-8 text ({err.reason} at byte {err.start}): save it as UTF-8") from None
-    require(examples, f"'{path}' holds no examples: add records with fields {', '.join(task.text_fields)}, label")
+    saved = _saved_dataset(task, split, folder)
+    if saved is not None:
+        dataset, name = saved
+        examples = [_to_example(task, record, f"{name}: row {i + 1}", label_ids) for i, record in enumerate(dataset)]
+        require(examples, f"'{name}' holds no examples")
+        return examples
+    examples = []
+    files = _split_files(task, split, folder)
+    for path in files:
+        try:
+            examples += [_to_example(task, record, where, label_ids) for where, record in _read_records(path)]
+        except UnicodeDecodeError as err:
+            raise UserError(f"'{path}' is not UTF-8 text ({err.reason} at byte {err.start}): save it as UTF-8") \
+                from None
+        except (OSError, EOFError) as err:
+            if _suffix(path).endswith(".gz"):
+                raise UserError(f"'{path}' is not a readable gzip file ({err}): recompress it") from None
+            raise
+    shown = f"'{files[0]}'" if len(files) == 1 else f"'{folder}' ({len(files)} shards of split '{split}')"
+    require(examples, f"{shown} holds no examples: add records with fields {', '.join(task.text_fields)}, label")
     return examples
 
 
@@ -174,11 +244,18 @@ def _read_records(path: Path) -> Iterator[tuple[str, object]]:
         ".csv": lambda p: _read_delimited(p, ","),
         ".parquet": _read_parquet,
     }
-    return readers[path.suffix](path)
+    return readers[_suffix(path).removesuffix(".gz")](path)
+
+
+def _open_text(path: Path, newline: str | None = None):
+    """A text handle on `path`, decompressing `.gz` files."""
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8", newline=newline)
+    return path.open(encoding="utf-8", newline=newline)
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[str, object]]:
-    with path.open(encoding="utf-8") as lines:
+    with _open_text(path) as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -193,7 +270,8 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, object]]:
 
 def _read_json(path: Path) -> Iterator[tuple[str, object]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with _open_text(path) as handle:
+            data = json.loads(handle.read())
     except json.JSONDecodeError as err:
         raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg}, column {err.colno}): fix the file") from None
     if isinstance(data, dict) and "data" in data:
@@ -210,7 +288,7 @@ def _read_delimited(path: Path, delimiter: str) -> Iterator[tuple[str, object]]:
     # TSV is read without quote handling (as GLUE's files need: quotes there are literal text); CSV uses the
     # standard quoting rules, so texts with commas must be quoted.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    with path.open(encoding="utf-8", newline="") as handle:
+    with _open_text(path, newline="") as handle:
         reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
         try:
             header = next(reader, None)

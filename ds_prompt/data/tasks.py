@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import difflib
 import string
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 from ds_prompt.errors import UserError, require
 
@@ -206,9 +207,48 @@ def register_task(spec: TaskSpec, overwrite: bool = False) -> None:
     _REGISTRY[key] = spec
 
 
+TASK_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def use_task(value) -> TaskSpec:
+    """The task `value` names: a registered name, a task file (.yaml/.yml/.json holding one task mapping), or
+    a mapping (a `task:` block of a run config). A file or mapping is validated and registered under its name,
+    which must not clash with a different registered task."""
+    if isinstance(value, dict):
+        return _adopt(task_from_dict(value), "the task mapping")
+    if isinstance(value, str) and value.endswith(TASK_FILE_SUFFIXES):
+        path = Path(value).expanduser()
+        require(path.is_file(), f"task file '{value}' does not exist: pass a task name or a .yaml/.json task file")
+        try:
+            import yaml
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))  # YAML is a superset of JSON
+        except Exception as exc:  # yaml's own error types
+            raise UserError(f"task file '{path}' cannot be parsed ({type(exc).__name__}): fix its syntax") from None
+        return _adopt(task_from_dict(data), f"task file '{path}'")
+    return get_task(value)
+
+
+def _adopt(spec: TaskSpec, where: str) -> TaskSpec:
+    existing = _REGISTRY.get(_lookup_key(spec.name))
+    if existing is not None and existing != spec:
+        require(existing.name not in _BUILTIN_NAMES, f"{where} defines task '{spec.name}', a built-in task's "
+                                                     f"name: rename it")
+    register_task(spec, overwrite=True)
+    return spec
+
+
+def task_record(spec: TaskSpec) -> dict | None:
+    """The mapping of a custom task (recorded in prompt.json so later commands rebuild it), None for built-ins."""
+    if spec.name in _BUILTIN_NAMES and _REGISTRY.get(_lookup_key(spec.name)) == spec:
+        return None
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(spec).items()}
+
+
 def get_task(name: str) -> TaskSpec:
     """The registered task called `name` (case-insensitive; '-' and '_' are ignored)."""
     require(isinstance(name, str), f"task name {name!r} must be a string such as 'sst2'")
+    if name.endswith(TASK_FILE_SUFFIXES):
+        return use_task(name)
     spec = _REGISTRY.get(_lookup_key(name))
     if spec is None:
         close = difflib.get_close_matches(name.lower(), list_tasks(), n=1)
@@ -613,5 +653,7 @@ def _builtin_tasks() -> list[TaskSpec]:
     ]
 
 
+_BUILTIN_NAMES: set[str] = set()
 for _spec in _builtin_tasks():
     register_task(_spec)
+    _BUILTIN_NAMES.add(_spec.name)

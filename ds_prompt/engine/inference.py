@@ -11,7 +11,7 @@ from ds_prompt.artifacts import check_prompt_fits, load_prompt
 from ds_prompt.builders import build_prompted, load_model_for
 from ds_prompt.config import check_quantization
 from ds_prompt.data.loading import load_examples
-from ds_prompt.data.tasks import get_task
+from ds_prompt.data.tasks import get_task, use_task
 from ds_prompt.engine import setup as ds_setup
 from ds_prompt.engine.evaluate import evaluate
 from ds_prompt.errors import UserError
@@ -37,7 +37,10 @@ def prompted_from_artifact(prompt_path: str, task_name: str | None = None, model
     model_name = model or meta.get("backbone")
     if not model_name:
         raise UserError(f"prompt {prompt_path} records no backbone: pass --model")
-    task = get_task(task_name or meta.get("task") or "")
+    if task_name is None and meta.get("task_spec"):
+        task = use_task(meta["task_spec"])  # a custom task: rebuilt from the mapping prompt.json recorded
+    else:
+        task = get_task(task_name or meta.get("task") or "")
     if quantization is None:
         quantization = meta.get("quantization") if model in (None, meta.get("backbone")) else None
     check_quantization(model_name, quantization)

@@ -174,15 +174,15 @@ def backbone_fingerprint(model: str) -> str:
 
 def data_fingerprint(task, data_dir: str | None) -> dict:
     """{split: file and digest} of the task's local files, or the hub dataset it comes from."""
-    from ds_prompt.data.loading import _split_file, resolve_data_dir
+    from ds_prompt.data.loading import resolve_data_dir, split_sources
     folder = resolve_data_dir(task, data_dir)
     if folder is None:
         return {"hub": f"{task.hub_path}:{task.hub_config}"}
     out = {}
     for split in ("train", "eval"):
         try:
-            path = _split_file(task, split, folder)
+            paths = split_sources(task, split, folder)
         except UserError:
             continue
-        out[split] = f"{path.name}={_file_digest(path)}"
+        out[split] = ";".join(f"{path.name}={_file_digest(path)}" for path in paths)
     return out

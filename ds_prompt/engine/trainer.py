@@ -18,7 +18,7 @@ from ds_prompt.builders import build_prompted, load_model_for
 from ds_prompt.config import TrainConfig, config_dict, write_config_yaml
 from ds_prompt.data.encoding import BatchPlan, collate
 from ds_prompt.data.loading import load_examples
-from ds_prompt.data.tasks import get_task
+from ds_prompt.data.tasks import get_task, task_record
 from ds_prompt.engine import setup as ds_setup
 from ds_prompt.engine import progress
 from ds_prompt.engine import state as ckpt
@@ -208,7 +208,7 @@ def _finish(ctx: _LoopContext, run: RunState, final: dict, task) -> dict:
                "eval_subset": eval_subset(cfg.eval_limit, cfg.seed)}
     meta = {"backbone": cfg.model, "family": ctx.backbone.family.value, "task": task.name,
             "label_words": [list(w) for w in task.label_words], "labels": list(task.labels),
-            "template": task.template,
+            "template": task.template, "task_spec": task_record(task),
             "head": type(model.head).__name__, "init": cfg.init if isinstance(cfg.init, str) else "tensor",
             "steps": run.step, "metrics": {"accuracy": final["accuracy"], "accuracy_before": run.accuracy_before,
                                            "f1": final["f1"], "matthews": final["matthews"], "metric": task.metric},

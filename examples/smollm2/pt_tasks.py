@@ -40,8 +40,11 @@ def main(phase: str = "all") -> None:
         m = finished(prompt_dir(task, seed), STEPS)
         if m is None:
             continue
+        metric = m.get("metric", "accuracy")  # runs before 2026-12-02 recorded accuracy only
+        headline = m.get(metric) if metric != "accuracy" else m["accuracy"]
         rows.append({"task": task, "seed": seed, "steps": m["steps"], "n_eval": m["eval_n"],
-                     "accuracy_before": round(m["accuracy_before"], 4), "accuracy": round(m["accuracy"], 4)})
+                     "accuracy_before": round(m["accuracy_before"], 4), "accuracy": round(m["accuracy"], 4),
+                     "metric": metric, "headline": "" if headline is None else round(headline, 4)})
     write_csv(RESULTS / "pt_tasks.csv", rows)
     meta_json("pt_tasks", steps=STEPS, lr=LR, eval_limit=EVAL_LIMIT, seeds=list(SEEDS), multi_seed=MULTI_SEED,
               batch_size=16, prompt_length=20, init=INIT)

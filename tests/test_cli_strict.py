@@ -51,8 +51,8 @@ def test_a_mistyped_flag_is_one_error_line_and_nothing_is_written(case, tmp_path
 
 
 BAD_VALUES = {
-    "choice": (["train", "--model", MISSING, "--scheduler", "cosine"],
-               "unknown --scheduler 'cosine': use one of constant, linear"),
+    "choice": (["train", "--model", MISSING, "--scheduler", "cosine_annealing"],
+               "unknown --scheduler 'cosine_annealing': use one of constant, constant_with_warmup, linear, cosine"),
     "optimizer": (["fpt", "--plan", "ld", "--model", MISSING, "--optimizer", "sgd"], "unknown --optimizer 'sgd'"),
     "head": (["spt", "train", "--model", MISSING, "--head", "mlp"], "unknown --head 'mlp'"),
     "dtype of a typed signature": (["evaluate", "--prompt", "p", "--dtype", "fp8"], "unknown --dtype 'fp8'"),
@@ -94,7 +94,7 @@ def test_train_help_lists_every_config_field_with_its_comment(capsys):
     for f in dataclasses.fields(TrainConfig):
         assert re.search(rf"^  --{f.name} ", out, re.M), f.name
     assert "--schedule_steps INT (default None)  steps the LR schedule spans" in out
-    assert "--scheduler constant|linear (default 'constant')" in out
+    assert "--scheduler constant|constant_with_warmup|linear|cosine|" in out
     assert "--plan" in help_text(_commands(), ["fpt"]) and "--weight_decay" in help_text(_commands(), ["fpt"])
 
 

@@ -197,7 +197,7 @@ CASES = {
     "init normal:nan": (lambda t: TRAIN + ["--init", "normal:nan"], r"finite number > 0"),
     "init normal:-1": (lambda t: TRAIN + ["--init", "normal:-1"], r"finite number > 0"),
     "warmup over max_steps": (lambda t: TRAIN + ["--warmup_steps", "5"], r"--warmup_steps 5 exceeds"),
-    "scheduler cosine": (lambda t: TRAIN + ["--scheduler", "cosine"], r"unknown --scheduler 'cosine'"),
+    "scheduler sgdr": (lambda t: TRAIN + ["--scheduler", "sgdr"], r"unknown --scheduler 'sgdr'"),
     "deepspeed stage 7": (lambda t: TRAIN + ["--deepspeed", _ds_config(t, {"zero_optimization": {"stage": 7}})],
                           r"stage 7 must be 0, 1, 2 or 3"),
     "deepspeed list": (lambda t: TRAIN + ["--deepspeed", _ds_config(t, [1, 2])], r"must be a JSON object"),

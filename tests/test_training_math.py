@@ -34,22 +34,36 @@ def test_batch_plan_is_world_size_independent_and_bucketed():
     assert padded(batches) < 0.8 * padded(unbucketed), "length bucketing should cut padding"
 
 
-def test_schedules_constant_and_linear_warmup():
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = build_scheduler("linear", opt, warmup_steps=4, max_steps=12)
-    lrs = []
-    for _ in range(12):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
-    assert lrs[4:] == pytest.approx([(12 - s) / 8 for s in range(4, 12)])
-    opt2 = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
-    const = build_scheduler("constant", opt2, 0, 10)
+@pytest.mark.parametrize("name", ["constant", "linear", "cosine", "cosine_with_restarts", "polynomial",
+                                  "inverse_sqrt", "constant_with_warmup"])
+def test_schedules_are_transformers_own(name):
+    """Every --scheduler choice is transformers.get_scheduler's schedule, step for step (constant + warmup is
+    its constant_with_warmup)."""
+    from transformers import get_scheduler
+
+    from ds_prompt.config import CHOICES
+    assert name in CHOICES["scheduler"]
+    lrs = {}
+    for which in ("ours", "theirs"):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        hf_name = "constant_with_warmup" if name == "constant" else name
+        sched = build_scheduler(name, opt, 4, 12) if which == "ours" else \
+            get_scheduler(hf_name, opt, num_warmup_steps=4, num_training_steps=12)
+        lrs[which] = []
+        for _ in range(12):
+            lrs[which].append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+    assert lrs["ours"] == pytest.approx(lrs["theirs"])
+    if name == "linear":  # warmup from 0, then linear decay to 0 at max_steps
+        assert lrs["ours"][:5] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
+        assert lrs["ours"][4:] == pytest.approx([(12 - s) / 8 for s in range(4, 12)])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    const = build_scheduler("constant", opt, 0, 10)
     for _ in range(3):
-        opt2.step()
+        opt.step()
         const.step()
-    assert opt2.param_groups[0]["lr"] == 0.5
+    assert opt.param_groups[0]["lr"] == 0.5
 
 
 def test_gradient_accumulation_equals_one_big_batch(tmp_path):

@@ -184,17 +184,16 @@ def build_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.
 
 
 def build_scheduler(name: str, optimizer, warmup_steps: int, max_steps: int):
-    """constant (optional warmup) or linear (warmup, then linear decay to 0 at max_steps)."""
-    if name not in ("constant", "linear"):
-        raise UserError(f"unknown --scheduler '{name}': use constant or linear")
+    """`transformers.get_scheduler(name, ...)` over `max_steps` with `warmup_steps` of linear warmup from 0
+    (transformers' convention); `constant` with warmup is transformers' `constant_with_warmup`."""
+    from transformers import get_scheduler
 
-    def factor(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if name == "linear":
-            return max(0.0, (max_steps - step) / max(1, max_steps - warmup_steps))
-        return 1.0
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    from ds_prompt.config import CHOICES
+    if name not in CHOICES["scheduler"]:
+        raise UserError(f"unknown --scheduler '{name}': use one of {', '.join(CHOICES['scheduler'])}")
+    if name == "constant" and warmup_steps:
+        name = "constant_with_warmup"
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=max_steps)
 
 
 def initialize_engine(model, ds_config: dict, optimizer, scheduler):

@@ -113,9 +113,7 @@ def prepare_ds_prompt(model, tok, family, task, train, evals, args):
     enc = [built.encoder.encode(e) for e in train]
     ev = [built.encoder.encode(e) for e in evals]
     plan = BatchPlan([len(e.input_ids) for e in enc], args.batch_size, args.seed, bucket=True)
-    config = "zero0_cpu" if DEVICE.type == "cpu" else "zero0"
-    cfg = setup.fill_ds_config(setup.load_ds_config(config), args.batch_size, 1, 1.0, 1)
-    cfg["bf16"] = {"enabled": args.dtype == "bf16"}
+    cfg = setup.fill_ds_config(setup.load_ds_config("zero0"), args.batch_size, 1, 1.0, 1, args.dtype)
     opt = setup.build_optimizer("adamw", [p for p in built.model.parameters() if p.requires_grad], args.lr, 0.0)
     engine, _, _ = setup.initialize_engine(built.model, cfg, opt, setup.build_scheduler("constant", opt, 0, 1))
     left = family == "causal"

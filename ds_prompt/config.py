@@ -170,7 +170,7 @@ CHOICES = {"scheduler": ("constant", "constant_with_warmup", "linear", "cosine",
            "family": (None, "mlm", "encoder", "causal", "seq2seq"),
            "head": ("auto", "label_words", "similarity", "linear"),
            "quantization": (None, "none", "int8", "nf4"),
-           "format": ("peft",)}
+           "format": ("peft", "prompt")}  # export: peft; spt export: prompt or peft
 
 
 def _parse_scalar(name: str, raw: str, kind: type):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prompt tuning on one node with N GPUs (or N CPU ranks with DS_ACCELERATOR=cpu and a *_cpu config).
+# Prompt tuning on one node with N GPUs (or N CPU ranks with DS_ACCELERATOR=cpu; configs fit both).
 #   NUM_GPUS=8 launchers/single_node.sh --model meta-llama/Llama-3.1-8B --task sst2 --deepspeed zero3
 # Everything after the script name is passed to `ds-prompt train`.
 set -euo pipefail

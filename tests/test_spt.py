@@ -427,3 +427,31 @@ def test_cli_instruction_in_input_is_recorded_and_evaluated_the_same(tmp_path, c
     evaluated = json.loads((out / "spt_eval.json").read_text())["results"]
     for task in ("mr", "snli"):
         assert evaluated[task]["per_instruction"] == pytest.approx(metrics["results"][task]["per_instruction"])
+
+
+def test_export_gives_each_task_the_prompt_spt_evaluate_scores(tmp_path, capsys):
+    """`spt export` writes the retrieved-and-combined prompt per task; plain `ds-prompt evaluate` of it scores
+    exactly what `spt evaluate` scores for that discrete prompt; the PEFT format loads in peft."""
+    out = tmp_path / "spt"
+    code, _, errors = _run(["spt", "train"] + BASE + MULTI + ["--output_dir", str(out), "--max_steps", "3",
+                                                               "--save_every", "0"], capsys)
+    assert code == 0, errors
+    code, _, errors = _run(["spt", "evaluate", str(out), "--tasks", "mr,rte", "--data_dir", str(DATA), "--limit", "8",
+                            "--output_dir", str(tmp_path / "eval")], capsys)
+    assert code == 0, errors
+    spt_scores = json.loads((tmp_path / "eval" / "spt_eval.json").read_text())["results"]
+    code, printed, errors = _run(["spt", "export", str(out), "--output_dir", str(tmp_path / "x"), "--tasks",
+                                  "mr,rte"], capsys)
+    assert code == 0, errors
+    for task in ("mr", "rte"):
+        meta = json.loads((tmp_path / "x" / task / "prompt.json").read_text())
+        assert meta["task"] == task and meta["spt_source"]["seen"] == (task == "rte")
+        assert main(["evaluate", "--prompt", str(tmp_path / "x" / task), "--data_dir", str(DATA), "--limit", "8",
+                     "--seed", str(json.loads((out / "bank.json").read_text())["seed"])]) == 0
+        plain = json.loads((tmp_path / "x" / task / f"eval_{task}.json").read_text())
+        assert plain["accuracy"] == pytest.approx(spt_scores[task]["per_instruction"][0])
+    code, _, errors = _run(["spt", "export", str(out), "--output_dir", str(tmp_path / "p"), "--tasks", "mr",
+                            "--format", "peft"], capsys)
+    assert code == 0, errors
+    config = json.loads((tmp_path / "p" / "mr" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "PROMPT_TUNING" and config["num_virtual_tokens"] > 0

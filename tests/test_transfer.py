@@ -469,6 +469,13 @@ def test_library_add_list_recommend_and_resolve(tmp_path, capsys):
     assert resolve_library_init(f"library:{lib}#rte") == os.path.join(lib, "rte")
     with pytest.raises(UserError, match="no entry 'nope'"):
         resolve_library_init(f"library:{lib}#nope")
+    run = tmp_path / "from_best"  # training from library:best records which prompt it chose
+    assert cli_main(["train", "--model", "tiny:bert", "--task", "demo", "--init", f"library:{lib}#best",
+                     "--max_steps", "1", "--batch_size", "8", "--train_limit", "8", "--eval_limit", "8",
+                     "--prompt_length", "4", "--progress", "False", "--output_dir", str(run)]) == 0
+    meta = json.loads((run / "prompt.json").read_text())
+    assert meta["init"] == f"library:{lib}#best"
+    assert meta["init_resolved"] == "file:" + os.path.join(lib, ranking[0]["name"])
 
 
 # ---- ZeRO-3 --------------------------------------------------------------------------------------------------
@@ -495,7 +502,7 @@ if dist.is_rank0():
 def test_neuron_masks_under_zero3_match_one_process(tmp_path):
     script = tmp_path / "zero3_masks.py"
     script.write_text(ZERO3_SCRIPT)
-    config = json.loads(open(os.path.join(REPO, "ds_configs", "zero3_cpu.json")).read())
+    config = json.loads(open(os.path.join(REPO, "ds_configs", "zero3.json")).read())
     config["zero_optimization"]["stage3_param_persistence_threshold"] = 0  # partition even tiny FFN weights
     (tmp_path / "zero3_all.json").write_text(json.dumps(config))
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=REPO)
@@ -519,7 +526,7 @@ def test_neuron_masks_under_zero3_match_one_process(tmp_path):
 def test_projector_training_under_two_rank_zero3_matches_one_rank(tmp_path):
     from safetensors.torch import load_file
     src = make_prompt(tmp_path / "src", "demo", arch="bert")
-    config = json.loads(open(os.path.join(REPO, "ds_configs", "zero3_cpu.json")).read())
+    config = json.loads(open(os.path.join(REPO, "ds_configs", "zero3.json")).read())
     config["zero_optimization"]["stage3_param_persistence_threshold"] = 0  # partition the projector too
     (tmp_path / "zero3_all.json").write_text(json.dumps(config))
     flags = ["projector", "train", "--source_model", "tiny:bert", "--target_model", "tiny:gpt2", "--prompts", src,

@@ -16,7 +16,7 @@ from ds_prompt.errors import UserError
 # The repository's ds_configs/ folder, installed as the package data of ds_prompt.ds_configs.
 CONFIG_DIR = Path(str(importlib.resources.files("ds_prompt.ds_configs")))
 _BUILTIN_ZERO0 = {"zero_optimization": {"stage": 0}, "steps_per_print": 10**9, "zero_allow_untested_optimizer": True,
-                  "bf16": {"enabled": False}, "fp16": {"enabled": False}}
+                  "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"}}
 
 
 def _free_port() -> int:
@@ -48,14 +48,21 @@ def device() -> torch.device:
 
 
 def load_ds_config(name_or_path: str | None) -> dict:
-    """A DeepSpeed config dict from a JSON path or a ds_configs/ name ('zero3_cpu', 'zero3', ...)."""
+    """A DeepSpeed config dict from a JSON path or a ds_configs/ name (zero0, zero2, zero3, zero3_offload).
+
+    There is one config per ZeRO setup: precision (bf16/fp16) and offload pin_memory are "auto" and filled
+    from the run's --dtype and device by `fill_ds_config`. The former per-device names (`zero3_cpu`, ...)
+    still work: they name the same config."""
     if name_or_path is None:
-        name_or_path = "zero0" if torch.cuda.is_available() else "zero0_cpu"
-        if not (CONFIG_DIR / f"{name_or_path}.json").exists():
+        name_or_path = "zero0"
+        if not (CONFIG_DIR / "zero0.json").exists():
             return json.loads(json.dumps(_BUILTIN_ZERO0))
     path = Path(name_or_path)
     if not path.is_file():
-        path = CONFIG_DIR / f"{name_or_path.removesuffix('.json')}.json"
+        stem = name_or_path.removesuffix(".json")
+        path = CONFIG_DIR / f"{stem}.json"
+        if not path.is_file() and stem.endswith("_cpu"):
+            path = CONFIG_DIR / f"{stem.removesuffix('_cpu')}.json"
     if not path.is_file():
         names = sorted(p.stem for p in CONFIG_DIR.glob("*.json")) if CONFIG_DIR.is_dir() else []
         raise UserError(f"--deepspeed '{name_or_path}' is neither a file nor a config in ds_configs/ "
@@ -129,11 +136,14 @@ def ds_config_for(cfg) -> dict:
     """The DeepSpeed config `cfg.deepspeed` names, filled from the run's batch/accumulation/clipping flags."""
     from ds_prompt import dist
     return fill_ds_config(load_ds_config(cfg.deepspeed), cfg.batch_size, cfg.grad_accum, cfg.grad_clip,
-                          dist.world_size())
+                          dist.world_size(), getattr(cfg, "dtype", None))
 
 
-def fill_ds_config(config: dict, batch_size: int, grad_accum: int, grad_clip: float, world: int) -> dict:
-    """Set the batch/accumulation/clipping entries from the run flags (flags are the single source)."""
+def fill_ds_config(config: dict, batch_size: int, grad_accum: int, grad_clip: float, world: int,
+                   dtype: str | None = None) -> dict:
+    """Set the batch/accumulation/clipping entries from the run flags, and precision from `dtype` (--dtype;
+    None = auto: bf16 on CUDA, fp32 on CPU): the flags are the single source. A config that sets them
+    explicitly must agree."""
     if batch_size % (world * grad_accum):
         raise UserError(f"--batch_size {batch_size} is not divisible by world_size ({world}) x --grad_accum "
                         f"({grad_accum}): pick a multiple of {world * grad_accum}")
@@ -147,8 +157,26 @@ def fill_ds_config(config: dict, batch_size: int, grad_accum: int, grad_clip: fl
             raise UserError(f"the DeepSpeed config sets {key} {config[key]} but {flags[key]} gives {value}: set it "
                             f"to \"auto\" (ds_prompt fills it from the flags) or change the flag")
     config.update(wanted, gradient_clipping=grad_clip)
-    if config.get("bf16", {}).get("enabled") and not torch.cuda.is_available():
-        raise UserError("this DeepSpeed config enables bf16, which is ~150x slower on CPU: use a *_cpu config")
+    from ds_prompt.models.backbone import resolve_dtype
+    precision = resolve_dtype(dtype)
+    for key, wanted_dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        block = dict(config.get(key) or {})
+        want = precision == wanted_dtype
+        if block.get("enabled", "auto") == "auto":
+            block["enabled"] = want
+        elif bool(block["enabled"]) != want:
+            raise UserError(f"the DeepSpeed config sets {key}.enabled {block['enabled']} but --dtype "
+                            f"{dtype or 'auto'} computes in {str(precision).replace('torch.', '')}: set it to "
+                            f"\"auto\" (ds_prompt fills it from --dtype) or change --dtype")
+        config[key] = block
+    if config["bf16"]["enabled"] and not torch.cuda.is_available():
+        raise UserError("bf16 is ~150x slower than fp32 on this CPU: use --dtype fp32 (the CPU default)")
+    zero = dict(config.get("zero_optimization") or {})
+    for key in ("offload_param", "offload_optimizer"):
+        if isinstance(zero.get(key), dict) and zero[key].get("pin_memory") == "auto":
+            zero[key] = dict(zero[key], pin_memory=torch.cuda.is_available())
+    if zero:
+        config["zero_optimization"] = zero
     return config
 
 

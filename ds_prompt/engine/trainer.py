@@ -61,6 +61,15 @@ def train_identity(cfg: TrainConfig, task, init_tensor: bool = False) -> dict:
             "init_state": cfg.init_state}
 
 
+def _resolved_init(init):
+    """`--init library:best|<entry>` names a prompt-library entry: the file it resolves to when the run starts
+    (prompt.json records it as init_resolved); any other spec is returned as is."""
+    if isinstance(init, str) and init.startswith("library:"):
+        from ds_prompt.transfer.library import resolve_library_init  # the library lives in the transfer recipe
+        return "file:" + resolve_library_init(init)
+    return init
+
+
 def _train(cfg: TrainConfig, task, prompt_override, model_transform) -> dict:
     out = ds_setup.start_run(cfg.resolved_output_dir(), cfg.seed)
     dist.on_rank0(write_config_yaml, out, cfg)
@@ -72,7 +81,7 @@ def _train(cfg: TrainConfig, task, prompt_override, model_transform) -> dict:
     if model_transform is not None:
         model_transform(backbone)
     resumed = _starting_state(cfg, out)
-    init = prompt_override if prompt_override is not None else cfg.init
+    init = prompt_override if prompt_override is not None else _resolved_init(cfg.init)
     built = build_prompted(backbone, task, cfg.prompt_length, cfg.max_length, cfg.head, init, cfg.seed)
     if resumed:
         ckpt.restore_params(built.model, resumed[0])
@@ -99,6 +108,7 @@ def _train(cfg: TrainConfig, task, prompt_override, model_transform) -> dict:
 
     progress.track(out, run)
     ctx = _LoopContext(cfg, out, engine, scheduler, plan, train_enc, eval_enc, built, backbone)
+    ctx.init_resolved = init if isinstance(init, str) and init != cfg.init else None
     log = RunLogger(os.path.join(out, "tb"), cfg.max_steps, run.step, cfg.progress, getattr(engine, "monitor", None))
     if resumed:
         log.message(f"starting from {resumed[1]['source']} at step {run.step}")
@@ -147,6 +157,7 @@ class _LoopContext:
     eval_enc: list
     built: object
     backbone: object
+    init_resolved: str | None = None  # the file `--init library:...` chose (prompt.json records it)
 
     @property
     def left_pad(self) -> bool:
@@ -215,6 +226,8 @@ def _finish(ctx: _LoopContext, run: RunState, final: dict, task) -> dict:
             "max_length": cfg.max_length, "seed": cfg.seed, "lr": cfg.lr, "batch_size": cfg.batch_size,
             "quantization": cfg.quantization, "prompt_length": cfg.prompt_length,
             "data_dir": os.path.abspath(cfg.data_dir) if cfg.data_dir else None}
+    if ctx.init_resolved:
+        meta["init_resolved"] = ctx.init_resolved  # which library prompt --init library:... chose
     if ctx.backbone.source is not None:
         meta["backbone_source"] = ctx.backbone.source
     if ctx.backbone.path is not None:

@@ -92,8 +92,25 @@ def inspect(bank: str, tasks=None, output: str | None = None, data_dir: str | No
     print(f"wrote {record['png']} ({len(record['rows'])} prompts x {record['slots']} slots)")
 
 
+def export(bank: str, output_dir: str, tasks=None, format: str = "prompt", instruction: int = 0,
+           model: str | None = None, dtype: str = "auto") -> None:
+    """Export a trained bank per task: the retrieved-and-combined prompt of each task's discrete prompt
+    --instruction K (default 0) as a plain prompt artifact (--format prompt, usable by evaluate, predict,
+    generate and `train --init file:`) or a PEFT adapter (--format peft), in <output_dir>/<task>/.
+
+    --bank the --output_dir of `ds-prompt spt train`; --tasks A,B (default: its seen and held-out tasks).
+    Needs a bank trained with --query_source instruction (one prompt per task). The bank folder itself
+    (bank.safetensors + bank.json) holds the whole bank and its retrieval config.
+    """
+    from ds_prompt.spt.export import export_bank
+    rows = export_bank(bank, _name_list(tasks, "tasks"), output_dir, format, instruction, model, dtype)
+    for r in rows:
+        dist.on_rank0(print, f"{r['task']}: {r['prompt_length']} vectors (discrete prompt {r['instruction']}) -> "
+                             f"{r['path']}")
+
+
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-COMMANDS = {"spt": {"train": train, "evaluate": evaluate, "inspect": inspect}}
+COMMANDS = {"spt": {"train": train, "evaluate": evaluate, "inspect": inspect, "export": export}}

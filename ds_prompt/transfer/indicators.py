@@ -196,7 +196,7 @@ class NeuronRecorder:
         model = PromptedModel(backbone.model, backbone.family, self.prompt, nn.Identity())
         if deepspeed:
             config = ds_setup.fill_ds_config(ds_setup.load_ds_config(deepspeed), dist.world_size(), 1, 0.0,
-                                             dist.world_size())
+                                             dist.world_size(), backbone.dtype)
             model, _, _ = ds_setup.initialize_engine(model, config, None, None)
         self.model = model.to(self.device) if not deepspeed else model
         self.batch = {k: v.to(self.device) for k, v in probe_batch(backbone, probe, prompt_length).items()}

@@ -52,6 +52,17 @@ def on_device(batch: dict) -> dict:
     return {k: v.to(DEVICE) for k, v in batch.items()}
 
 
+def label_accuracy(logits_of, encoded, pad_id: int, left_pad: bool, batch_size: int = 64) -> float:
+    """Accuracy of `logits_of(batch)` over `encoded` (the PEFT and floor systems' own evaluation loop)."""
+    from ds_prompt.data.encoding import collate
+    correct = 0
+    with torch.no_grad():
+        for s in range(0, len(encoded), batch_size):
+            batch = on_device(collate(encoded[s:s + batch_size], pad_id, left_pad))
+            correct += int((logits_of(batch).argmax(-1) == batch["labels"]).sum())
+    return correct / len(encoded)
+
+
 # Random-init causal models with the shapes of real ones: the speed of a step does not depend on the weights.
 LLAMA_SHAPES = {"smollm2": dict(hidden_size=576, num_hidden_layers=30, intermediate_size=1536, num_attention_heads=9,
                                 num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True),
@@ -176,12 +187,7 @@ def prepare_floor(model, tok, family, task, ours, evals, args):
         return float(batch["attention_mask"].sum()) + args.prompt_length * len(idx)
 
     def evaluate():
-        correct = 0
-        with torch.no_grad():
-            for s in range(0, len(ev), 64):
-                batch = on_device(collate(ev[s:s + 64], tok.pad_token_id, left))
-                correct += int((logits_of(batch).argmax(-1) == batch["labels"]).sum())
-        return correct / len(ev)
+        return label_accuracy(logits_of, ev, tok.pad_token_id, left)
     module = torch.nn.Module()
     module.prompt = prompt
     return SimpleNamespace(step=step, batches=ours.batches, model=torch.nn.ModuleList([model, module]),
@@ -244,12 +250,7 @@ def prepare_peft(model, tok, family, task, train, evals, args):
     model.eval()
 
     def evaluate():
-        correct = 0
-        with torch.no_grad():
-            for s in range(0, len(ev), 64):
-                batch = on_device(collate(ev[s:s + 64], tok.pad_token_id, left))
-                correct += int((logits_of(batch).argmax(-1) == batch["labels"]).sum())
-        return correct / len(ev)
+        return label_accuracy(logits_of, ev, tok.pad_token_id, left)
     return SimpleNamespace(step=step, batches=batches[:args.steps + 1], model=pm, encoded=enc,
                            evaluate=evaluate)
 

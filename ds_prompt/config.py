@@ -27,7 +27,7 @@ class TrainConfig:
     lr: float = 3e-3
     seed: int = 42
     deepspeed: str | None = None          # ds_configs name (zero0_cpu, zero3, ...) or a JSON path; None = zero0
-    init: str = "normal:0.02"             # see ds_prompt.models.soft_prompt.INIT_CHOICES
+    init: str = "normal:0.02"             # normal[:std], uniform, vocab, text:W, file:P, library:NAME
     family: str | None = None             # override auto-detection: mlm, encoder, causal, seq2seq
     head: str = "auto"                    # auto, label_words, similarity, linear
     dtype: str = "auto"                   # auto (bf16 on GPU, fp32 on CPU), fp32, bf16
@@ -161,6 +161,28 @@ def build_config(cls=TrainConfig, config: str | None = None, keep_none: bool = F
     return cfg
 
 
+INIT_CHOICES = "normal[:std], uniform, vocab, text:<words>, file:<prompt.safetensors|peft dir>, library:<name>"
+
+
+def check_init_spec(init: str) -> None:
+    """UserError unless `init` is a well-formed init spec (checked when flags are parsed, before any work)."""
+    kind, sep, arg = str(init).partition(":")
+    if kind == "normal" and sep:
+        try:
+            std = float(arg)
+        except ValueError:
+            raise UserError(f"--init '{init}': the std after 'normal:' must be a number, e.g. normal:0.02") from None
+        if not math.isfinite(std) or std <= 0:
+            raise UserError(f"--init '{init}': the std must be a finite number > 0, e.g. normal:0.02")
+    elif kind in ("uniform", "vocab") and sep:
+        raise UserError(f"--init '{init}': {kind} takes no argument")
+    elif kind in ("text", "file", "library") and not arg.strip():
+        raise UserError(f"--init '{init}' needs a value after '{kind}:'")
+    elif kind not in ("normal", "uniform", "vocab", "text", "file", "library"):
+        raise UserError(f"unknown --init '{init}': use one of {INIT_CHOICES}")
+
+
+
 # Choice-list flags, shared by every command that takes them (checked when flags are parsed, by
 # `cli_args.check_argv`, and again when a config is built from a file).
 CHOICES = {"scheduler": ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
@@ -210,13 +232,11 @@ def check_value(name: str, raw: str | None, kind: type | None, optional: bool) -
             shown = ", ".join(str(a) for a in CHOICES[name] if a is not None)
             raise UserError(f"unknown --{name} '{raw}': use one of {shown}")
     if name == "init" and kind is str:
-        from ds_prompt.models.soft_prompt import check_init_spec
         check_init_spec(raw)
 
 
 def _check_choices(cfg) -> None:
     """Choice-list flags, the init spec and the schedule, checked before anything loads or is written."""
-    from ds_prompt.models.soft_prompt import check_init_spec
     for name, allowed in CHOICES.items():
         value = getattr(cfg, name, None)
         if isinstance(value, str) and name == "family":

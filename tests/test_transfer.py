@@ -310,7 +310,7 @@ def test_transfer_matrix_cli_writes_csv_and_heatmap(tmp_path, arch):
                    "--data_dir", data, "--output_dir", str(out)])
     assert rc == 0
     rows = read_rows(out / "matrix.csv")
-    assert list(rows[0]) == ["source", "target", "accuracy"]
+    assert list(rows[0]) == ["source", "target", "accuracy", "f1", "matthews", "metric"]
     assert {(r["source"], r["target"]) for r in rows} == {(s, t) for s in ("rte", "sst2", "random")
                                                           for t in ("sst2", "rte")}
     assert all(0 <= float(r["accuracy"]) <= 1 for r in rows)
@@ -320,6 +320,9 @@ def test_transfer_matrix_cli_writes_csv_and_heatmap(tmp_path, arch):
     direct = evaluate_prompt(p1, task="rte", data_dir=data, output_dir=str(tmp_path / "e"))
     cell = next(r for r in rows if r["source"] == "sst2" and r["target"] == "rte")
     assert float(cell["accuracy"]) == pytest.approx(direct["accuracy"])
+    assert float(cell["f1"]) == pytest.approx(direct["f1"]) and float(cell["matthews"]) == pytest.approx(
+        direct["matthews"])
+    assert cell["metric"] == "accuracy"
 
 
 def test_transfer_matrix_rejects_mismatched_width(tmp_path):
@@ -550,28 +553,18 @@ def test_projector_training_under_two_rank_zero3_matches_one_rank(tmp_path):
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5)
 
 
-def test_train_init_library_best_starts_from_the_top_prompt(tmp_path, monkeypatch):
-    """`train --init library:DIR#best`; until soft_prompt.py calls resolve_library_init, the one-line hook is
-    applied here by patching builders.init_prompt_tensor the same way."""
-    from ds_prompt import builders
+def test_train_init_library_best_starts_from_the_top_prompt(tmp_path):
+    """`train --init library:DIR#best` starts from the recommended entry: the trainer resolves the spec (the
+    model layer refuses an unresolved one: it does not read libraries)."""
     from ds_prompt.config import TrainConfig, build_config
     from ds_prompt.engine.trainer import train
     from ds_prompt.models import soft_prompt
-    from ds_prompt.transfer.library import add_to_library, resolve_library_init, save_recommendation
+    from ds_prompt.transfer.library import add_to_library, save_recommendation
     lib = str(tmp_path / "lib")
     add_to_library(make_prompt(tmp_path / "sst2", "sst2"), lib)
     save_recommendation(lib, "demo", "tiny:bert", [{"rank": 1, "name": "sst2"}], "on")
-    try:
+    with pytest.raises(UserError, match="must be resolved to its file first"):
         soft_prompt.init_prompt_tensor(f"library:{lib}#best", 4, torch.nn.Embedding(3, 32), None, 0)
-    except UserError as exc:
-        assert "unknown --init" in str(exc)
-        original = soft_prompt.init_prompt_tensor
-
-        def hooked(init, *args):
-            if str(init).startswith("library:"):
-                init = "file:" + resolve_library_init(init)
-            return original(init, *args)
-        monkeypatch.setattr(builders, "init_prompt_tensor", hooked)
     out = tmp_path / "run"
     train(build_config(TrainConfig, None, model="tiny:bert", task="demo", init=f"library:{lib}#best",
                        prompt_length=4, max_steps=1, lr=1e-9, batch_size=8, train_limit=8, eval_limit=8,

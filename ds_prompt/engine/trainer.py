@@ -30,6 +30,7 @@ from ds_prompt.errors import UserError
 from ds_prompt.io import write_json
 from ds_prompt.models.checkpointing import enable_activation_checkpointing
 from ds_prompt.models.family import Family
+from ds_prompt.transfer.library_index import resolve_library_init
 
 
 @dataclass
@@ -65,7 +66,6 @@ def _resolved_init(init):
     """`--init library:best|<entry>` names a prompt-library entry: the file it resolves to when the run starts
     (prompt.json records it as init_resolved); any other spec is returned as is."""
     if isinstance(init, str) and init.startswith("library:"):
-        from ds_prompt.transfer.library import resolve_library_init  # the library lives in the transfer recipe
         return "file:" + resolve_library_init(init)
     return init
 

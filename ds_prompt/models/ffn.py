@@ -28,6 +28,7 @@ from torch import nn
 
 from ds_prompt.dist import gathered, is_zero3_param
 from ds_prompt.errors import UserError
+from ds_prompt.models.wrappers import unwrapped
 
 # (stack path under base_model, role); a model has the first group whose paths all exist.
 _STACK_LAYOUTS = (
@@ -152,8 +153,7 @@ def _is_projection(module) -> bool:
 
 
 def _unwrapped(layer: nn.Module) -> nn.Module:
-    from ds_prompt.models.checkpointing import CheckpointedLayer  # imports this module: import late
-    return layer.layer if isinstance(layer, CheckpointedLayer) else layer
+    return unwrapped(layer)
 
 
 def ffn_layers(model: nn.Module) -> list[FFNRef]:

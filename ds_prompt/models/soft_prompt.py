@@ -7,9 +7,8 @@ import torch
 from torch import nn
 
 from ds_prompt.dist import gathered
+from ds_prompt.config import INIT_CHOICES, check_init_spec  # noqa: F401  (re-exported)
 from ds_prompt.errors import UserError
-
-INIT_CHOICES = "normal[:std], uniform, vocab, text:<words>, file:<prompt.safetensors|peft dir>, library:<name>"
 
 
 class SoftPrompt(nn.Module):
@@ -50,31 +49,13 @@ def _vocab_rows(embedding: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
         return embedding.weight[ids].detach().float().clone()
 
 
-def check_init_spec(init: str) -> None:
-    """UserError unless `init` is a well-formed init spec (checked when flags are parsed, before any work)."""
-    kind, sep, arg = str(init).partition(":")
-    if kind == "normal" and sep:
-        try:
-            std = float(arg)
-        except ValueError:
-            raise UserError(f"--init '{init}': the std after 'normal:' must be a number, e.g. normal:0.02") from None
-        if not math.isfinite(std) or std <= 0:
-            raise UserError(f"--init '{init}': the std must be a finite number > 0, e.g. normal:0.02")
-    elif kind in ("uniform", "vocab") and sep:
-        raise UserError(f"--init '{init}': {kind} takes no argument")
-    elif kind in ("text", "file", "library") and not arg.strip():
-        raise UserError(f"--init '{init}' needs a value after '{kind}:'")
-    elif kind not in ("normal", "uniform", "vocab", "text", "file", "library"):
-        raise UserError(f"unknown --init '{init}': use one of {INIT_CHOICES}")
-
-
 def init_prompt_tensor(init: str, length: int, embedding: nn.Embedding, tokenizer, seed: int) -> torch.Tensor:
     """An initial prompt [length, d] from an init spec (see INIT_CHOICES). Same seed -> same tensor."""
     d = embedding.embedding_dim
     gen = torch.Generator().manual_seed(seed)
-    if str(init).startswith("library:"):
-        from ds_prompt.transfer.library import resolve_library_init
-        init = "file:" + resolve_library_init(init)
+    if str(init).startswith("library:"):  # resolved by the recipe (engine.trainer) before the model is built
+        raise UserError(f"--init {init}: a library spec must be resolved to its file first "
+                        f"(ds_prompt.transfer.library_index.resolve_library_init)")
     kind, _, arg = str(init).partition(":")
     if kind == "normal":
         std = float(arg) if arg else 0.02

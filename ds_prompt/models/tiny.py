@@ -12,6 +12,7 @@ from transformers import (AutoTokenizer, BertConfig, BertForMaskedLM, BertModel,
                           T5ForConditionalGeneration)
 
 from ds_prompt.errors import UserError
+from ds_prompt.models.packaged import packaged_minilm_path
 
 D_MODEL, N_LAYERS, N_HEADS, D_FF = 32, 2, 2, 64
 
@@ -61,7 +62,6 @@ TINY_ARCHS = ("bert", "bert_encoder", "roberta", "electra", "gpt2", "llama", "qw
 
 def tiny_tokenizer():
     """The packaged MiniLM WordPiece tokenizer, with BOS/EOS set so causal and seq2seq paths have them."""
-    from ds_prompt.models.backbone import packaged_minilm_path
     tok = AutoTokenizer.from_pretrained(packaged_minilm_path())
     tok.bos_token, tok.eos_token = tok.cls_token, tok.sep_token
     return tok

@@ -34,7 +34,7 @@ from ds_prompt.errors import UserError
 from ds_prompt.models.family import Family
 from ds_prompt.models.prompted import PromptedModel
 from ds_prompt.transfer.activations import SCORE, FixedPrompt, per_token_position, record_ffn_activations
-from ds_prompt.transfer.library import as_list, common_backbone, load_prompt_set, recorded_family
+from ds_prompt.transfer.prompt_set import as_list, common_backbone, load_prompt_set, recorded_family
 from ds_prompt.transfer.matrix import read_csv, write_csv
 from ds_prompt.kernels.activation_stats import activation_mask, activation_stats
 

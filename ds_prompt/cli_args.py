@@ -30,10 +30,14 @@ CONFIG_FLAGS = {
     ("fpt",): "ds_prompt.config:TrainConfig",
     ("transfer", "speedup"): "ds_prompt.config:TrainConfig",
     ("library", "recommend"): "ds_prompt.config:TrainConfig",  # the probe run's train flags
+    ("transfer", "library", "recommend"): "ds_prompt.config:TrainConfig",
     ("spt", "train"): "ds_prompt.spt.recipe:SPTConfig",
     ("projector", "train"): "ds_prompt.transfer.projector:ProjectorTrainConfig",
+    ("transfer", "projector", "train"): "ds_prompt.transfer.projector:ProjectorTrainConfig",
 }
-HIDDEN = ("fpt_stage",)  # internal commands (started by the FPT scheduler), left out of listings
+# Left out of `--help` listings: the internal FPT stage job, and the former top-level spellings of commands
+# that now live under `transfer` (still accepted).
+HIDDEN = ("fpt_stage", "indicators", "projector", "library")
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
 
@@ -53,7 +57,7 @@ def resolve(commands: dict, argv: list[str]) -> tuple[tuple[str, ...], object, l
         name = argv[i]
         if name not in node:
             where = " ".join(("ds-prompt",) + path)
-            choices = [c for c in node if c not in HIDDEN]
+            choices = [c for c in node if not (path == () and c in HIDDEN)]
             hint = difflib.get_close_matches(name, choices, n=1)
             raise UserError(f"unknown command '{name}' for `{where}`"
                             + (f": did you mean '{hint[0]}'?" if hint else f": choose one of {', '.join(choices)}"))
@@ -192,9 +196,9 @@ def help_text(commands: dict, argv: list[str]) -> str:
     if isinstance(target, dict):
         lines = [f"usage: {title} <command> [--flags]", "", "commands:"]
         for name, sub in target.items():
-            if name in HIDDEN:
+            if path == () and name in HIDDEN:
                 continue
-            doc = "(group) " + ", ".join(k for k in sub if k not in HIDDEN) if isinstance(sub, dict) else \
+            doc = "(group) " + ", ".join(sub) if isinstance(sub, dict) else \
                 (inspect.getdoc(sub) or "").split("\n")[0]
             lines.append(f"  {name:<12} {doc}")
         lines += ["", f"`{title} <command> --help` describes one command."]

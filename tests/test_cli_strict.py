@@ -101,10 +101,19 @@ def test_train_help_lists_every_config_field_with_its_comment(capsys):
 def test_top_level_help_lists_groups_and_hides_internal_commands(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for name in ("train", "evaluate", "export", "transfer", "indicators", "projector", "library", "fpt", "spt"):
+    for name in ("train", "evaluate", "predict", "generate", "export", "transfer", "fpt", "spt"):
         assert re.search(rf"^  {name} ", out, re.M), name
-    assert "fpt_stage" not in out
-    assert main(["spt", "--help"]) == 0 and "inspect" in capsys.readouterr().out
+    for hidden in ("fpt_stage", "indicators", "projector", "library"):  # internal, or now under `transfer`
+        assert not re.search(rf"^  {hidden} ", out, re.M), hidden
+    assert main(["transfer", "--help"]) == 0
+    listed = capsys.readouterr().out
+    assert all(re.search(rf"^  {n} ", listed, re.M) for n in ("matrix", "speedup", "indicators", "projector", "library"))
+    assert main(["spt", "--help"]) == 0 and "export" in capsys.readouterr().out
+    commands = _commands()  # the former spellings still resolve to the same functions
+    assert commands["indicators"] is commands["transfer"]["indicators"]
+    assert commands["projector"]["train"] is commands["transfer"]["projector"]["train"]
+    with pytest.raises(UserError, match=r"--hiden for `ds-prompt transfer projector train`: did you mean --hidden"):
+        check_argv(commands, ["transfer", "projector", "train", "--hiden", "3"])
 
 
 def test_every_command_has_checkable_flags():

@@ -16,7 +16,7 @@ def test_wheel_installs_only_the_ds_prompt_namespace(tmp_path):
                                                                     if ".dist-info" in n)}
     for wanted in ("ds_prompt/kernels/activation_stats.py", "ds_prompt/kernels/topk_retrieval.py",
                    "ds_prompt/ds_configs/zero3.json", "ds_prompt/ds_configs/zero0.json",
-                   "ds_prompt/data/demo/train.jsonl"):
+                   "ds_prompt/data/demo/train.jsonl", "ds_prompt/data/builtin_tasks.yaml"):
         assert wanted in names, wanted
 
 

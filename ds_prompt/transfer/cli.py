@@ -1,4 +1,5 @@
-"""`ds-prompt transfer|indicators|projector|library ...`: prompt transferability (Su et al. 2022) subcommands.
+"""`ds-prompt transfer matrix|speedup|indicators|projector|library ...`: prompt transferability (Su et al.
+2022) subcommands (the older top-level `indicators`, `projector`, `library` spellings still work).
 
 Thin entry points: each parses its flags and calls one function of ds_prompt.transfer. Lists are comma
 separated (--prompts runs/sst2,runs/mr --tasks sst2,mr,rte). Merged into `ds-prompt` by ds_prompt.cli.
@@ -160,9 +161,12 @@ def library_recommend(task: str, model: str, library: str | None = None, metric:
     _say(_table(ranking, columns))
 
 
-COMMANDS = {
-    "transfer": {"matrix": matrix, "speedup": speedup},
-    "indicators": indicators,
+TRANSFER = {
+    "matrix": matrix, "speedup": speedup, "indicators": indicators,
     "projector": {"train": projector_train, "apply": projector_apply},
     "library": {"add": library_add, "list": library_list, "recommend": library_recommend},
 }
+# Every transferability command lives under `ds-prompt transfer`; the former top-level spellings still work
+# (hidden from the listing, see cli_args.HIDDEN).
+COMMANDS = {"transfer": TRANSFER, "indicators": indicators, "projector": TRANSFER["projector"],
+            "library": TRANSFER["library"]}

@@ -107,7 +107,8 @@ def test_top_level_help_lists_groups_and_hides_internal_commands(capsys):
         assert not re.search(rf"^  {hidden} ", out, re.M), hidden
     assert main(["transfer", "--help"]) == 0
     listed = capsys.readouterr().out
-    assert all(re.search(rf"^  {n} ", listed, re.M) for n in ("matrix", "speedup", "indicators", "projector", "library"))
+    assert all(re.search(rf"^  {n} ", listed, re.M)
+               for n in ("matrix", "speedup", "indicators", "projector", "library"))
     assert main(["spt", "--help"]) == 0 and "export" in capsys.readouterr().out
     commands = _commands()  # the former spellings still resolve to the same functions
     assert commands["indicators"] is commands["transfer"]["indicators"]

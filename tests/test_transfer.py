@@ -16,7 +16,7 @@ from ds_prompt.errors import UserError
 from ds_prompt.models.shortcuts import full_forward
 from ds_prompt.transfer import indicators as ind
 from ds_prompt.transfer.activations import ffn_sites, record_ffn_activations
-from tests.helpers import REPO, SENTENCES, batch_of, prompted_tiny
+from tests.helpers import REPO, SENTENCES, batch_of, prompted_tiny, subprocess_env
 
 ALL_ARCHS = ("bert", "bert_encoder", "roberta", "electra", "gpt2", "llama", "qwen2", "t5", "t5_gated")
 HEADS = {"mlm": "LabelWordHead", "encoder": "SimilarityHead", "causal": "LabelWordHead", "seq2seq": "LabelWordHead"}
@@ -570,3 +570,26 @@ def test_train_init_library_best_starts_from_the_top_prompt(tmp_path):
                        prompt_length=4, max_steps=1, lr=1e-9, batch_size=8, train_limit=8, eval_limit=8,
                        eval_every=0, save_every=0, progress=False, output_dir=str(out), deepspeed="zero0_cpu"))
     torch.testing.assert_close(load_prompt(out)[0], load_prompt(tmp_path / "sst2")[0], rtol=0, atol=1e-6)
+
+
+def test_projector_killed_mid_step_resumes_to_the_uninterrupted_result(tmp_path):
+    """The projector trains through the shared loop: checkpoints every --save_every steps, and a run killed
+    inside a step (DS_PROMPT_FAULT) resumes from the last checkpoint to the projector an uninterrupted run gets."""
+    from safetensors.torch import load_file
+    src = make_prompt(tmp_path / "src", "demo", arch="bert")
+    flags = ["projector", "train", "--source_model", "tiny:bert", "--target_model", "tiny:gpt2", "--prompts", src,
+             "--max_steps", "6", "--batch_size", "8", "--train_limit", "32", "--eval_limit", "8", "--hidden", "16",
+             "--progress", "false", "--log_every", "2", "--save_every", "2"]
+    assert cli_main(flags + ["--output_dir", str(tmp_path / "straight")]) == 0
+    env = dict(subprocess_env(), DS_PROMPT_FAULT="mid_step:5")
+    killed = subprocess.run([sys.executable, "-m", "ds_prompt.cli", *flags, "--output_dir", str(tmp_path / "resumed")],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == 17, killed.stderr[-2000:]
+    assert not (tmp_path / "resumed" / "projector.safetensors").exists()
+    assert cli_main(flags + ["--output_dir", str(tmp_path / "resumed")]) == 0
+    straight = load_file(str(tmp_path / "straight" / "projector.safetensors"))
+    resumed = load_file(str(tmp_path / "resumed" / "projector.safetensors"))
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=1e-6)
+    before = json.loads((tmp_path / "straight" / "projector.json").read_text())["metrics"]["before"]
+    assert json.loads((tmp_path / "resumed" / "projector.json").read_text())["metrics"]["before"] == before

@@ -99,7 +99,9 @@ def projector_train(config: str | None = None, **flags) -> None:
     --source_model A (checked against the prompts) --target_model B --prompts P1,P2 (source prompts)
     --tasks T1,T2 (prompt i is projected for task i; default their own tasks) --data_dir --max_steps
     --batch_size --lr 5e-3 --eps 1e-6 --hidden 768 --activation leaky_relu|tanh --target_length (default the
-    source length) --head --deepspeed CONFIG --output_dir. Writes projector.safetensors + projector.json.
+    source length) --head --deepspeed CONFIG --output_dir. Trains through the shared step loop: checkpoints every
+    --save_every steps, and re-running an interrupted run resumes it (--overwrite starts over). Writes
+    projector.safetensors + projector.json, run.json, tb/ and checkpoints/.
     """
     from ds_prompt.config import build_config
     from ds_prompt.transfer.library import as_list

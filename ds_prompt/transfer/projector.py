@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
@@ -31,13 +30,15 @@ from ds_prompt.data.tasks import get_task
 from ds_prompt.engine import setup as ds_setup
 from ds_prompt.engine.evaluate import evaluate
 from ds_prompt.engine.logging import RunLogger
+from ds_prompt.engine import state as ckpt
+from ds_prompt.engine.loop import LoopState, log_window, save_run_checkpoint, train_steps
 from ds_prompt.engine.state import full_param
 from ds_prompt.errors import UserError
 from ds_prompt.io import write_json, write_tensors
 from ds_prompt.models.family import Family
 from ds_prompt.models.heads import LabelWordHead, head_transform
 from ds_prompt.models.prompted import PromptedModel, build_head
-from ds_prompt.transfer.library import as_list, load_prompt_set
+from ds_prompt.transfer.prompt_set import as_list, load_prompt_set
 
 FORMAT = "ds_prompt.projector/1"
 WEIGHTS_FILE, CONFIG_FILE = "projector.safetensors", "projector.json"
@@ -153,7 +154,8 @@ class ProjectorObjective(nn.Module):
     def projector(self) -> PromptProjector:
         return self.prompted.prompt.projector
 
-    def forward(self, input_ids, attention_mask, score_index, source: int = 0) -> torch.Tensor:
+    def forward(self, input_ids, attention_mask, score_index, source: int | torch.Tensor = 0) -> torch.Tensor:
+        source = int(source)  # the shared loop hands batch entries over as tensors
         h = self.prompted(input_ids, attention_mask, score_index, source=source)
         if self.transform is not None:
             h = self.transform(h)
@@ -202,6 +204,11 @@ class ProjectorTrainConfig:
     eval_limit: int | None = 1000
     eval_batch_size: int = 64
     log_every: int = 10
+    eval_every: int = 0                   # the projector is evaluated before and after training only
+    save_every: int = 100                 # steps between trainable-state checkpoints (resume); 0 = never
+    keep_checkpoints: int = 2
+    resume: bool = True                   # continue an interrupted run of the same projector in output_dir
+    overwrite: bool = False               # clear a used --output_dir first
     progress: bool = True
 
     def resolved_output_dir(self, source_model: str) -> str:
@@ -260,12 +267,23 @@ def _evaluate_pairs(engine, data: list[_PairData], cfg, backbone) -> list[dict]:
 
 
 def train_projector(cfg: ProjectorTrainConfig) -> dict:
-    """Train a projector per `cfg`; returns metrics (also in <output_dir>/projector.json)."""
+    """Train a projector per `cfg` through the shared step loop (checkpoints every --save_every steps; an
+    interrupted run of the same projector resumes); returns metrics (also in <output_dir>/projector.json)."""
     ds_setup.init_distributed()
     pairs = _pairs(cfg)
     source_model = cfg.source_model or pairs[0][0].backbone or "unknown"
-    out = ds_setup.start_run(cfg.resolved_output_dir(source_model), cfg.seed)
+    out = cfg.resolved_output_dir(source_model)
+    identity = {"source_model": source_model, "target_model": cfg.target_model,
+                "prompts": [p.path for p, _ in pairs], "tasks": [t.name for _, t in pairs], "seed": cfg.seed,
+                "batch_size": cfg.batch_size, "hidden": cfg.hidden, "activation": cfg.activation,
+                "target_length": cfg.target_length, "head": cfg.head, "max_length": cfg.max_length,
+                "train_limit": cfg.train_limit, "data_dir": cfg.data_dir}
+    return ds_setup.run_in_claimed_folder(out, "projector", identity, cfg.max_steps, cfg.resume, cfg.overwrite,
+                                          lambda: _train_projector(cfg, pairs, source_model, out))
 
+
+def _train_projector(cfg: ProjectorTrainConfig, pairs, source_model: str, out: str) -> dict:
+    ds_setup.start_run(out, cfg.seed)
     backbone = load_model_for(cfg.target_model, cfg.family, cfg.dtype)
     sources = torch.stack([p.tensor for p, _ in pairs])
     config = ProjectorConfig(source_length=sources.shape[1], source_dim=sources.shape[2],
@@ -276,19 +294,39 @@ def train_projector(cfg: ProjectorTrainConfig) -> dict:
     objective = ProjectorObjective(backbone, PromptProjector(config), sources, [t for _, t in pairs], cfg.head)
     config.target_head = "label_words" if objective.transform is not None else "similarity"
     data = _load_pair_data(pairs, backbone, cfg, config.target_length)
+    resumed = ckpt.load_latest(out) if cfg.resume else None
+    if resumed:
+        ckpt.restore_params(objective, resumed[0])
 
     ds_config = ds_setup.ds_config_for(cfg)
     optimizer = torch.optim.AdamW(objective.projector.parameters(), lr=cfg.lr, eps=cfg.eps,
                                   weight_decay=cfg.weight_decay)
     scheduler = ds_setup.build_scheduler("constant", optimizer, 0, cfg.max_steps)
-    engine, _, _ = ds_setup.initialize_engine(objective, ds_config, optimizer, scheduler)
-    engine.eval()  # no dropout anywhere: the backbone is frozen and the projector has none
+    engine, _, scheduler = ds_setup.initialize_engine(objective, ds_config, optimizer, scheduler)
+    run, before = LoopState(), None
+    if resumed:
+        tensors, meta = resumed
+        ckpt.restore_training(engine, scheduler, tensors, meta)
+        run = LoopState(step=meta["step"], history=meta["history"], tokens=meta.get("tokens", 0.0))
+        before = meta.get("before")
 
-    log = RunLogger(os.path.join(out, "tb"), cfg.max_steps, 0, cfg.progress, getattr(engine, "monitor", None))
+    log = RunLogger(os.path.join(out, "tb"), cfg.max_steps, run.step, cfg.progress, getattr(engine, "monitor", None))
+    if resumed:
+        log.message(f"resuming the projector at step {run.step}")
     try:
-        before = _evaluate_pairs(engine, data, cfg, backbone)
-        _projector_loop(engine, data, cfg, backbone, log)
+        engine.eval()  # no dropout anywhere: the backbone is frozen and the projector has none
+        if before is None:
+            before = _evaluate_pairs(engine, data, cfg, backbone)
+        extra = {"before": before}
+        batches = _pair_batches(data, cfg, backbone, config.target_length)
+
+        def on_log(loss_sum, tokens, elapsed):
+            log_window(engine, scheduler, cfg, run, log, loss_sum, tokens, elapsed, out)
+        train_steps(engine, run, cfg.max_steps, cfg, log, batches, on_log=on_log, on_eval=lambda: None,
+                    on_save=lambda: save_run_checkpoint(engine, scheduler, cfg, run, out, extra))
         after = _evaluate_pairs(engine, data, cfg, backbone)
+        if cfg.save_every:
+            save_run_checkpoint(engine, scheduler, cfg, run, out, extra)
     finally:
         log.close()
     prefix = "prompted.prompt.projector."
@@ -302,33 +340,25 @@ def train_projector(cfg: ProjectorTrainConfig) -> dict:
     return dict(metrics, output_dir=out)
 
 
-def _projector_loop(engine, data: list[_PairData], cfg: ProjectorTrainConfig, backbone, log) -> None:
-    """Step s trains pair s % n on that pair's next global batch."""
+def _pair_batches(data: list[_PairData], cfg: ProjectorTrainConfig, backbone, prompt_length: int):
+    """The shared loop's micro-batches: step s trains pair s % n on that pair's next global batch (this rank's
+    share); each batch names its pair in `source`."""
     world, me, pad_id = dist.world_size(), dist.rank(), backbone.tokenizer.pad_token_id
-    window, epochs = torch.zeros(()), {}
-    for step in range(cfg.max_steps):
+    left = backbone.family is Family.CAUSAL
+    epochs: dict[int, tuple] = {}
+
+    def micro_batches(step: int):
         k = step % len(data)
         pair = data[k]
         epoch, index = divmod(step // len(data), pair.plan.batches_per_epoch)
         if epochs.get(k, (None,))[0] != epoch:
             epochs[k] = (epoch, pair.plan.epoch(epoch))
         for micro in pair.plan.micro_batches(epochs[k][1][index], world, me, cfg.grad_accum):
-            batch = {n: v.to(engine.device) for n, v in
-                     collate([pair.train[i] for i in micro], pad_id, backbone.family is Family.CAUSAL).items()}
-            logits = engine(batch["input_ids"], batch["attention_mask"], batch["score_index"], source=k)
-            loss = F.cross_entropy(logits.float(), batch["labels"])
-            engine.backward(loss)
-            engine.step()
-            window += loss.detach().cpu() / cfg.grad_accum
-        log.advance(1)
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
-            n = cfg.log_every if (step + 1) % cfg.log_every == 0 else (step + 1) % cfg.log_every
-            loss = dist.all_reduce_sum(window.double().reshape(1)).item() / world / n
-            if not torch.isfinite(torch.tensor(loss)):
-                raise UserError(f"projector loss became {loss} by step {step + 1}: lower --lr")
-            log.scalars(step + 1, {"loss": loss})
-            log.advance(0, loss=loss)
-            window = torch.zeros(())
+            batch = collate([pair.train[i] for i in micro], pad_id, left)
+            batch["source"] = torch.tensor(k)
+            tokens = float(batch["attention_mask"].sum()) + prompt_length * len(micro)
+            yield batch, tokens
+    return micro_batches
 
 
 # ---- applying a projector ------------------------------------------------------------------------------------

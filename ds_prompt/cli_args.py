@@ -48,6 +48,7 @@ class Flag:
     optional: bool           # accepts None
     default: object
     doc: str = ""
+    group: str = ""          # the config argument group that declares it ("" = the command's own)
 
 
 def resolve(commands: dict, argv: list[str]) -> tuple[tuple[str, ...], object, list[str]]:
@@ -86,22 +87,35 @@ def _config_class(path: tuple[str, ...]):
 
 
 def _field_comments(cls) -> dict[str, str]:
-    """{field: the comment written beside it (and on the comment-only lines below it)} in `cls`'s source."""
-    comments, current = {}, None
-    try:
-        lines = inspect.getsource(cls).splitlines()
-    except (OSError, TypeError):
-        return comments
-    for line in lines:
-        m = re.match(r"\s+(\w+)\s*:\s*[^=#]+(?:=[^#]*)?(?:#\s*(.*))?$", line)
-        if m and not line.strip().startswith("#"):
-            current = m.group(1)
-            comments[current] = (m.group(2) or "").strip()
-        elif current and re.match(r"\s+#", line):
-            comments[current] = (comments[current] + " " + line.strip().lstrip("#").strip()).strip()
-        else:
-            current = None
+    """{field: the comment written beside it (and on the comment-only lines below it)} in `cls`'s source and
+    its bases' (a recipe's own comment wins over its group's)."""
+    comments = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        current = None
+        try:
+            lines = inspect.getsource(klass).splitlines()
+        except (OSError, TypeError):
+            continue
+        for line in lines:
+            m = re.match(r"\s+(\w+)\s*:\s*[^=#]+(?:=[^#]*)?(?:#\s*(.*))?$", line)
+            if m and not line.strip().startswith("#"):
+                current = m.group(1)
+                if m.group(2) or current not in comments:
+                    comments[current] = (m.group(2) or "").strip()
+            elif current and re.match(r"\s+#", line):
+                comments[current] = (comments[current] + " " + line.strip().lstrip("#").strip()).strip()
+            else:
+                current = None
     return comments
+
+
+def _group_of(cls, name: str) -> str:
+    """Which argument group (config.GROUPS) declares field `name` of `cls`; "" for the recipe's own fields."""
+    from ds_prompt.config import GROUPS
+    for klass in cls.__mro__:
+        if name in getattr(klass, "__annotations__", {}):
+            return klass.__name__.removesuffix("Args").lower() if klass in GROUPS else ""
+    return ""
 
 
 def flags_of(path: tuple[str, ...], fn) -> dict[str, Flag]:
@@ -124,7 +138,8 @@ def flags_of(path: tuple[str, ...], fn) -> dict[str, Flag]:
                 continue
             default = f.default if f.default is not dataclasses.MISSING else (
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-            flags[f.name] = Flag(f.name, field_type(f), "None" in str(f.type), default, comments.get(f.name, ""))
+            flags[f.name] = Flag(f.name, field_type(f), "None" in str(f.type), default, comments.get(f.name, ""),
+                                 _group_of(cls, f.name))
     elif takes_flags:
         return {}  # an unregistered **flags command: nothing to check against
     return flags
@@ -203,9 +218,15 @@ def help_text(commands: dict, argv: list[str]) -> str:
             lines.append(f"  {name:<12} {doc}")
         lines += ["", f"`{title} <command> --help` describes one command."]
         return "\n".join(lines)
-    lines = [f"usage: {title} [--flags]", "", inspect.getdoc(target) or "", "", "flags:"]
-    for flag in flags_of(path, target).values():
-        default = "required" if flag.default is inspect.Parameter.empty else f"default {flag.default!r}"
-        text = f"  --{flag.name} {_type_name(flag)} ({default})"
-        lines.append(text + (f"  {flag.doc}" if flag.doc else ""))
+    lines = [f"usage: {title} [--flags]", "", inspect.getdoc(target) or ""]
+    flags = list(flags_of(path, target).values())
+    for group in [""] + [g for g in dict.fromkeys(f.group for f in flags) if g]:
+        members = [f for f in flags if f.group == group]
+        if not members:
+            continue
+        lines += ["", f"{group} flags (shared argument group):" if group else "flags:"]
+        for flag in members:
+            default = "required" if flag.default is inspect.Parameter.empty else f"default {flag.default!r}"
+            text = f"  --{flag.name} {_type_name(flag)} ({default})"
+            lines.append(text + (f"  {flag.doc}" if flag.doc else ""))
     return "\n".join(lines)

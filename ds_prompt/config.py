@@ -13,51 +13,80 @@ from pathlib import Path
 from ds_prompt.errors import UserError
 
 
+# ---- argument groups: each recipe config composes the ones it honours (field names are the CLI flag names) ----
 @dataclass
-class TrainConfig:
-    """Everything a prompt-tuning run needs. Field names are the CLI flag names."""
-    model: str = "minilm"                 # hub name, local folder, "minilm" (packaged) or tiny:<arch>
-    task: str = "demo"
-    data_dir: str | None = None           # task folder or a root with <task>/ folders; None = hub / bundled demo
-    output_dir: str | None = None         # default runs/<task>-<model>
-    max_steps: int = 300
-    batch_size: int = 16                  # GLOBAL batch per optimizer step (all ranks x grad_accum)
-    grad_accum: int = 1
-    prompt_length: int = 20
-    lr: float = 3e-3
-    seed: int = 42
-    deepspeed: str | None = None          # ds_configs name (zero0_cpu, zero3, ...) or a JSON path; None = zero0
-    init: str = "normal:0.02"             # normal[:std], uniform, vocab, text:W, file:P, library:NAME
+class ModelArgs:
+    """The frozen backbone and how the class is read from it."""
+    model: str = "minilm"                 # hub name, local folder, minilm/smollm2 (packaged), a .gguf or tiny:<arch>
     family: str | None = None             # override auto-detection: mlm, encoder, causal, seq2seq
     head: str = "auto"                    # auto, label_words, similarity, linear
     dtype: str = "auto"                   # auto (bf16 on GPU, fp32 on CPU), fp32, bf16
-    quantization: str = "none"            # none, int8, nf4 (bitsandbytes)
     attn_implementation: str = "sdpa"
     max_length: int = 128                 # tokens, prompt included
+
+
+@dataclass
+class DataArgs:
+    """Where the examples come from and how many are used."""
+    data_dir: str | None = None           # task folder or a root with <task>/ folders; None = hub / bundled demo
+    train_limit: int | None = None        # seeded subset of the training split
+    eval_limit: int | None = 1000         # cap on eval examples (seeded subset); None = all
+    eval_batch_size: int = 64
+
+
+@dataclass
+class OptimArgs:
+    """The optimizer and the LR schedule of the trainable parameters."""
+    lr: float = 3e-3
     optimizer: str = "adamw"              # adamw, adafactor
     weight_decay: float = 0.0
     scheduler: str = "constant"           # transformers.get_scheduler name: constant, linear, cosine, ...
     warmup_steps: int = 0
-    schedule_steps: int | None = None     # steps the LR schedule spans (default max_steps; FPT: the whole plan)
     grad_clip: float = 1.0
+
+
+@dataclass
+class LoopArgs:
+    """The step loop: budget, batch, cadence of logs/evals/checkpoints, the run folder."""
+    output_dir: str | None = None         # default runs/<recipe-specific name>
+    max_steps: int = 300
+    batch_size: int = 16                  # GLOBAL batch per optimizer step (all ranks x grad_accum)
+    grad_accum: int = 1
+    seed: int = 42
     eval_every: int = 100                 # steps; 0 = only at the end
     save_every: int = 100                 # steps between trainable-state checkpoints; 0 = never
     keep_checkpoints: int = 2
-    eval_limit: int | None = 1000         # cap on eval examples (seeded subset); None = all
-    train_limit: int | None = None
-    eval_batch_size: int = 64
     log_every: int = 10
     resume: bool = True                   # continue from <output_dir>/checkpoints/latest if present (the
                                           # same run only: see run.json); false in a used folder is refused
     overwrite: bool = False               # clear a used --output_dir completely before starting
-    init_state: str | None = None         # a previous run's output_dir: start from its latest trainable state
-                                          # (prompt, optimizer moments, schedule, step) -- FPT stage hand-off
-    reset_optimizer: bool = False         # with init_state: take only the prompt, fresh optimizer/schedule
+    progress: bool = True
+
+
+@dataclass
+class EngineArgs:
+    """DeepSpeed and the forward's execution."""
+    deepspeed: str | None = None          # ds_configs name (zero0, zero2, zero3, zero3_offload) or a JSON path
     activation_checkpointing: bool = False
     shortcuts: bool = True                # exact compute savings (last layer at the scoring position, causal shared
                                           # prompt prefix); False runs the plain full forward (same results)
+
+
+GROUPS = (ModelArgs, DataArgs, OptimArgs, LoopArgs, EngineArgs)
+
+
+@dataclass
+class TrainConfig(EngineArgs, LoopArgs, OptimArgs, DataArgs, ModelArgs):
+    """Everything a prompt-tuning run needs: the shared groups plus the prompt's own settings."""
+    task: str = "demo"                    # a task name, a task file (.yaml/.json) or a `task:` mapping in --config
+    prompt_length: int = 20
+    init: str = "normal:0.02"             # normal[:std], uniform, vocab, text:W, file:P, library:NAME
+    quantization: str = "none"            # none, int8, nf4 (bitsandbytes)
+    schedule_steps: int | None = None     # steps the LR schedule spans (default max_steps; FPT: the whole plan)
+    init_state: str | None = None         # a previous run's output_dir: start from its latest trainable state
+                                          # (prompt, optimizer moments, schedule, step) -- FPT stage hand-off
+    reset_optimizer: bool = False         # with init_state: take only the prompt, fresh optimizer/schedule
     bucket: bool = True                   # length-bucketed batches
-    progress: bool = True
 
     def resolved_output_dir(self) -> str:
         if self.output_dir:
@@ -180,7 +209,6 @@ def check_init_spec(init: str) -> None:
         raise UserError(f"--init '{init}' needs a value after '{kind}:'")
     elif kind not in ("normal", "uniform", "vocab", "text", "file", "library"):
         raise UserError(f"unknown --init '{init}': use one of {INIT_CHOICES}")
-
 
 
 # Choice-list flags, shared by every command that takes them (checked when flags are parsed, by

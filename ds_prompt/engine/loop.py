@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ds_prompt import dist
-from ds_prompt.config import config_dict
+from ds_prompt.config import LoopArgs, config_dict
 from ds_prompt.engine import state as ckpt
 from ds_prompt.errors import UserError
 from ds_prompt.engine.progress import check_stop
@@ -32,9 +32,10 @@ class LoopState:
     tokens: float = 0.0
 
 
-def train_steps(engine, run, max_steps: int, cfg, log, micro_batches: MicroBatches,
+def train_steps(engine, run, max_steps: int, cfg: LoopArgs, log, micro_batches: MicroBatches,
                 on_log: Callable, on_eval: Callable[[], None], on_save: Callable[[], None]) -> None:
-    """Run steps `run.step` .. `max_steps`; `cfg` provides grad_accum, log_every, eval_every, save_every.
+    """Run steps `run.step` .. `max_steps`; the loop group `cfg` gives grad_accum, log_every, eval_every,
+    save_every (every recipe config composes `config.LoopArgs`).
 
     `on_log(loss_sum, tokens, elapsed_s)` logs one window (see `window_scalars`).
     """
@@ -74,7 +75,7 @@ def _unpartitioned_grad_norm(engine) -> None:
             torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
 
 
-def window_scalars(engine, scheduler, cfg, step: int, loss_sum: torch.Tensor, tokens: float, elapsed: float,
+def window_scalars(engine, scheduler, cfg: LoopArgs, step: int, loss_sum: torch.Tensor, tokens: float, elapsed: float,
                    out: str) -> tuple[dict, float]:
     """Reduce one log window across ranks (collective): (scalars, tokens of all ranks). The loss is the mean
     per step over the window; a non-finite loss is a UserError (the last good checkpoint is kept)."""
@@ -92,8 +93,8 @@ def window_scalars(engine, scheduler, cfg, step: int, loss_sum: torch.Tensor, to
             "grad_norm": float(grad_norm) if grad_norm is not None else None}, stats[1].item()
 
 
-def log_window(engine, scheduler, cfg, run: LoopState, log, loss_sum: torch.Tensor, tokens: float, elapsed: float,
-               out: str, extra: dict | None = None) -> None:
+def log_window(engine, scheduler, cfg: LoopArgs, run: LoopState, log, loss_sum: torch.Tensor, tokens: float,
+               elapsed: float, out: str, extra: dict | None = None) -> None:
     """Reduce one log window (collective; see `window_scalars`), count its tokens into `run`, and write the
     scalars (plus the recipe's `extra` ones) to TensorBoard and the progress bar."""
     values, all_tokens = window_scalars(engine, scheduler, cfg, run.step, loss_sum, tokens, elapsed, out)
@@ -103,7 +104,7 @@ def log_window(engine, scheduler, cfg, run: LoopState, log, loss_sum: torch.Tens
     log.advance(0, loss=values["loss"], tok_s=values["tokens_per_s"])
 
 
-def save_run_checkpoint(engine, scheduler, cfg, run: LoopState, out: str, meta: dict) -> None:
+def save_run_checkpoint(engine, scheduler, cfg: LoopArgs, run: LoopState, out: str, meta: dict) -> None:
     """Consolidate the trainable state (collective), refuse non-finite parameters, write it atomically from
     rank 0. `meta`: the recipe's own entries besides history, tokens, world size and config."""
     tensors, full_meta = ckpt.gather_state(engine, scheduler, run.step, dict(

@@ -25,6 +25,7 @@ from torch import nn
 
 from ds_prompt import dist
 from ds_prompt.builders import load_model_for
+from ds_prompt.config import DataArgs, EngineArgs, LoopArgs, ModelArgs, OptimArgs
 from ds_prompt.data.loading import load_examples
 from ds_prompt.data.tasks import get_task
 from ds_prompt.engine import setup as ds_setup
@@ -35,6 +36,7 @@ from ds_prompt.engine.logging import RunLogger
 from ds_prompt.engine.loop import LoopState, log_window, save_run_checkpoint, train_steps
 from ds_prompt.errors import UserError, require
 from ds_prompt.io import ensure_writable_dir, write_json, write_tensors
+from ds_prompt.models.checkpointing import enable_activation_checkpointing
 from ds_prompt.models.family import Family
 from ds_prompt.spt.bank import (BankConfig, Combine, QueryProjection, QuerySource, SPTModel,
                                 TaskPromptKind, build_spt_model, init_spt_prompt, load_bank, load_state,
@@ -53,32 +55,14 @@ class Mode(str, Enum):
 
 
 @dataclass
-class SPTConfig:
-    """Everything `ds-prompt spt train` needs. Field names are the CLI flag names."""
-    model: str = "minilm"
+class SPTConfig(EngineArgs, LoopArgs, OptimArgs, DataArgs, ModelArgs):
+    """Everything `ds-prompt spt train` needs: the shared groups plus SPT's own settings."""
     tasks: str = "demo"                   # comma-separated training (seen) tasks
     heldout: str = ""                     # comma-separated zero-shot tasks (never trained on)
-    data_dir: str | None = None
-    output_dir: str | None = None         # default runs/spt-<model>-<mode>
     mode: str = "spt"                     # spt | shared | untrained
-    max_steps: int = 300
-    batch_size: int = 16                  # GLOBAL batch per optimizer step
-    grad_accum: int = 1
     lr: float = 3e-2                      # bank, task prompts, query projection, linear heads
     train_backbone: bool = False          # the paper's full fine-tuning experiment (i)
     backbone_lr: float = 1e-5
-    seed: int = 42
-    deepspeed: str | None = None
-    family: str | None = None
-    head: str = "auto"
-    dtype: str = "auto"
-    attn_implementation: str = "sdpa"
-    max_length: int = 128                 # tokens, prompt included
-    optimizer: str = "adamw"
-    weight_decay: float = 0.0
-    scheduler: str = "constant"
-    warmup_steps: int = 0
-    grad_clip: float = 1.0
     # memory bank (BankConfig; open choices of our reading, see docs/spt.md)
     bank_size: int = 16
     memory_length: int = 10
@@ -101,17 +85,9 @@ class SPTConfig:
     mixing: str = "temperature"           # temperature | proportional
     mixing_temperature: float = 2.0
     mixing_cap: int = 0                   # examples-proportional cap K; 0 = none
-    train_limit: int | None = None        # per task (seeded subset)
     eval_limit: int | None = 500          # per task
     eval_seen: bool = True                # also evaluate the training tasks
     eval_every: int = 0
-    eval_batch_size: int = 64
-    save_every: int = 100
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    resume: bool = True                   # the same run only (run.json); false in a used folder is refused
-    overwrite: bool = False               # clear a used --output_dir completely before starting
-    progress: bool = True
 
     def resolved_output_dir(self) -> str:
         if self.output_dir:
@@ -209,6 +185,9 @@ def _train(cfg: SPTConfig, mode: Mode, seen: list, heldout: list) -> dict:
     suite = _load_suite(cfg, seen, heldout, backbone, bank.prompt_length)
     plan, rates = _mixture(cfg, suite, len(seen))
     model = _build_model(cfg, backbone, bank, seen, heldout, start)
+    if cfg.activation_checkpointing:
+        enable_activation_checkpointing(backbone.model)
+    model.shortcuts = cfg.shortcuts  # per-row prompts: only the last-layer shortcut applies
     resumed = ckpt.load_latest(out) if cfg.resume else None
     if resumed:
         ckpt.restore_params(model, resumed[0])

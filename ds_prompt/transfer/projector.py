@@ -24,6 +24,7 @@ from torch import nn
 from ds_prompt import dist
 from ds_prompt.artifacts import load_prompt, save_prompt
 from ds_prompt.builders import load_model_for, pooled_text_embeddings
+from ds_prompt.config import DataArgs, LoopArgs
 from ds_prompt.data.encoding import BatchPlan, TemplateEncoder, collate
 from ds_prompt.data.loading import load_examples
 from ds_prompt.data.tasks import get_task
@@ -175,18 +176,14 @@ class _PairView(nn.Module):
 
 # ---- training recipe -----------------------------------------------------------------------------------------
 @dataclass
-class ProjectorTrainConfig:
-    """`ds-prompt projector train` flags. prompts/tasks are comma lists: prompt i is projected for task i (one
-    prompt serves every task; no --tasks: each prompt's own task)."""
+class ProjectorTrainConfig(LoopArgs, DataArgs):
+    """`ds-prompt projector train` flags: the shared data and loop groups plus the projector's own. prompts/tasks
+    are comma lists: prompt i is projected for task i (one prompt serves every task; no --tasks: each prompt's
+    own task)."""
     target_model: str = "minilm"
     prompts: str = ""
     tasks: str = ""
     source_model: str | None = None       # checked against the prompts' recorded backbone
-    data_dir: str | None = None
-    output_dir: str | None = None         # default runs/projector-<source>-to-<target>
-    max_steps: int = 300
-    batch_size: int = 16
-    grad_accum: int = 1
     lr: float = 5e-3
     eps: float = 1e-6
     weight_decay: float = 0.0
@@ -199,17 +196,7 @@ class ProjectorTrainConfig:
     dtype: str = "auto"
     max_length: int = 128
     deepspeed: str | None = None
-    seed: int = 42
-    train_limit: int | None = None
-    eval_limit: int | None = 1000
-    eval_batch_size: int = 64
-    log_every: int = 10
     eval_every: int = 0                   # the projector is evaluated before and after training only
-    save_every: int = 100                 # steps between trainable-state checkpoints (resume); 0 = never
-    keep_checkpoints: int = 2
-    resume: bool = True                   # continue an interrupted run of the same projector in output_dir
-    overwrite: bool = False               # clear a used --output_dir first
-    progress: bool = True
 
     def resolved_output_dir(self, source_model: str) -> str:
         def slug(name):

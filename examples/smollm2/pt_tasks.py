@@ -5,7 +5,8 @@ capped at EVAL_LIMIT (1000). Writes docs/results/pt_tasks.csv (one row per run) 
 
     python examples/smollm2/pt_tasks.py [--phase first|extra|all]   # resumable: re-run to continue
 
---phase first trains seed 42 of every task (what the transfer experiments need), extra the other seeds.
+--phase first trains seed 42 of every task (what the transfer experiments need), extra the other seeds; none
+trains nothing and only writes the CSV of the runs finished so far (e.g. from the committed archive).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def runs(phase: str = "all") -> list[tuple[str, int]]:
     """Seed 42 of every task first (the transfer experiments need them), then the extra seeds."""
     first = [(t, SEEDS[0]) for t in TASKS]
     extra = [(t, s) for s in SEEDS[1:] for t in MULTI_SEED]
-    return {"first": first, "extra": extra, "all": first + extra}[phase]
+    return {"first": first, "extra": extra, "all": first + extra, "none": []}[phase]
 
 
 def main(phase: str = "all") -> None:

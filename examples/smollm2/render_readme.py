@@ -73,7 +73,8 @@ def pt_section() -> list[str]:
             "", *_table(["task", "kind", "seeds", "n eval", "untrained prompt", "trained prompt",
                          "GLUE metric (trained)"], table), "",
             f"Accuracy ± standard error over seeds. Prompts gained >= 5 points on {len(learned)} of {len(by_task)} "
-            f"tasks ({', '.join(learned) or 'none'})."]
+            f"tasks ({', '.join(learned) or 'none'})."
+            + (f" Not run yet: {', '.join(t for t in KIND if t not in by_task)}." if set(KIND) - set(by_task) else "")]
 
 
 def matrix_section() -> list[str]:

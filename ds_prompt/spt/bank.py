@@ -20,141 +20,22 @@ unseen task (held-out, zero-shot).
 """
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import asdict, dataclass, fields
-from enum import Enum
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
 from ds_prompt.dist import gathered
-from ds_prompt.errors import UserError, require
-from ds_prompt.io import write_json, write_tensors
+from ds_prompt.errors import require
+from ds_prompt.kernels.topk_retrieval import topk_retrieval
 from ds_prompt.models.family import Family
 from ds_prompt.models.heads import LabelWordHead, head_transform
 from ds_prompt.models.prompted import PromptedModel, build_head
 from ds_prompt.models.soft_prompt import init_prompt_tensor
-from ds_prompt.kernels.topk_retrieval import MAX_K, topk_retrieval
-
-FORMAT = "ds_prompt.spt_bank/1"
-BANK_FILE, BANK_META = "bank.safetensors", "bank.json"
-MAX_INSTRUCTION_TOKENS = 64
-
-
-class Similarity(str, Enum):
-    DOT = "dot"
-    COSINE = "cosine"
-
-
-class Combine(str, Enum):
-    WEIGHTED = "weighted"
-    CONCAT = "concat"
-
-
-class Pooling(str, Enum):
-    MEAN = "mean"
-    MAX = "max"
-
-
-class QuerySource(str, Enum):
-    INSTRUCTION = "instruction"
-    INSTRUCTION_INPUT = "instruction+input"
-
-
-class QueryProjection(str, Enum):
-    NONE = "none"
-    MLP = "mlp"
-
-
-class TaskPromptKind(str, Enum):
-    PER_TASK = "per_task"
-    SHARED = "shared"
-    NONE = "none"
-
-
-class UnseenPrompt(str, Enum):
-    MEAN = "mean"
-    MEMORY_ONLY = "memory_only"
-
-
-class KeyInit(str, Enum):
-    INSTRUCTIONS = "instructions"
-    NORMAL = "normal"
-
-
-def parse_choice(enum_cls: type[Enum], value, flag: str) -> Enum:
-    """`--flag value` -> member of `enum_cls`; UserError listing the choices otherwise."""
-    try:
-        return enum_cls(value)
-    except ValueError:
-        choices = " or ".join(m.value for m in enum_cls)
-        raise UserError(f"unknown --{flag} '{value}': use {choices}") from None
-
-
-@dataclass
-class BankConfig:
-    """The architecture of an SPT prompt (saved flat in bank.json). N = size, l = memory_length, k = top_k."""
-    d_model: int
-    size: int = 16                      # N memory prompts
-    memory_length: int = 10             # l tokens per memory prompt
-    top_k: int = 2                      # k retrieved per example
-    similarity: str = "cosine"          # cosine | dot
-    combine: str = "weighted"           # weighted (sum, l tokens) | concat (k*l tokens)
-    pooling: str = "mean"               # mean | max over query tokens
-    temperature: float = 0.0            # softmax temperature; 0 = auto (cosine 0.1, dot sqrt(d))
-    query_source: str = "instruction"   # instruction | instruction+input
-    query_projection: str = "none"      # none | mlp (ATTEMPT-style bottleneck + LayerNorm, trainable)
-    task_prompt: str = "per_task"       # per_task | shared | none
-    task_prompt_length: int = 10
-    unseen_prompt: str = "mean"         # task prompt of unseen tasks (per_task only): mean | memory_only
-    num_tasks: int = 1                  # seen tasks, i.e. rows of the per-task prompt table
-
-    def __post_init__(self) -> None:
-        for name, enum_cls in _CHOICES.items():
-            setattr(self, name, parse_choice(enum_cls, getattr(self, name), name))
-        require(self.size >= 1, f"--bank_size {self.size} must be >= 1")
-        require(self.memory_length >= 1, f"--memory_length {self.memory_length} must be >= 1")
-        require(1 <= self.top_k <= min(self.size, MAX_K),
-                f"--top_k {self.top_k} must be between 1 and min(--bank_size {self.size}, {MAX_K}): lower it")
-        require(self.temperature >= 0, f"--temperature {self.temperature} must be >= 0 (0 = auto)")
-        require(self.task_prompt is TaskPromptKind.NONE or self.task_prompt_length >= 1,
-                f"--task_prompt_length {self.task_prompt_length} must be >= 1 (or pass --task_prompt none)")
-        require(self.num_tasks >= 1, f"an SPT prompt needs at least one training task, got {self.num_tasks}")
-
-    @property
-    def memory_tokens(self) -> int:
-        return self.memory_length * (self.top_k if self.combine is Combine.CONCAT else 1)
-
-    @property
-    def task_tokens(self) -> int:
-        return 0 if self.task_prompt is TaskPromptKind.NONE else self.task_prompt_length
-
-    @property
-    def prompt_length(self) -> int:
-        """Prompt tokens prepended to a seen task's input."""
-        return self.task_tokens + self.memory_tokens
-
-    @property
-    def effective_temperature(self) -> float:
-        if self.temperature > 0:
-            return self.temperature
-        return 0.1 if self.similarity is Similarity.COSINE else math.sqrt(self.d_model)
-
-    def to_json(self) -> dict:
-        return {k: (v.value if isinstance(v, Enum) else v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_json(cls, meta: dict) -> "BankConfig":
-        return cls(**{f.name: meta[f.name] for f in fields(cls) if f.name in meta})
-
-
-_CHOICES = {"similarity": Similarity, "combine": Combine, "pooling": Pooling, "query_source": QuerySource,
-            "query_projection": QueryProjection, "task_prompt": TaskPromptKind, "unseen_prompt": UnseenPrompt}
+# The configuration and the artifact files live in bank_config.py and bank_io.py (re-exported here).
+from ds_prompt.spt.bank_config import (MAX_INSTRUCTION_TOKENS, BankConfig, Combine, KeyInit,  # noqa: F401
+                                       Pooling, QueryProjection, QuerySource, Similarity, TaskPromptKind,
+                                       UnseenPrompt, parse_choice)
+from ds_prompt.spt.bank_io import BANK_FILE, BANK_META, FORMAT, load_bank, save_bank  # noqa: F401
 
 
 # ------------------------------------------------------------------------------------------------ modules
@@ -429,36 +310,3 @@ def load_state(prompt: SPTPrompt, tensors: dict[str, torch.Tensor], source: str,
             p.copy_(value.to(p.dtype))
         copied.append(name)
     return copied
-
-
-# ------------------------------------------------------------------------------------------------ artifacts
-
-def save_bank(output_dir, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
-    """Write bank.safetensors + bank.json into `output_dir` (rank 0 only; call via dist.on_rank0)."""
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_tensors(out / BANK_FILE, tensors, metadata={"format": FORMAT})
-    write_json(out / BANK_META, dict(meta, format=FORMAT))
-    return out
-
-
-def load_bank(path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors, meta) of a bank folder (or its bank.safetensors). UserError when missing or corrupt."""
-    p = Path(path)
-    folder = p if p.is_dir() else p.parent
-    weights, meta_path = folder / BANK_FILE, folder / BANK_META
-    require(weights.is_file() and meta_path.is_file(),
-            f"'{path}' holds no {BANK_FILE} + {BANK_META}: pass the --output_dir of `ds-prompt spt train`")
-    try:
-        tensors = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"bank file '{weights}' is corrupt or not safetensors ({exc}): re-train it") from None
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"'{meta_path}' is not valid JSON ({exc.msg}): re-train the bank") from None
-    require(meta.get("format") == FORMAT, f"'{meta_path}' has format {meta.get('format')!r}, not {FORMAT}: "
-                                          f"it is not an SPT bank")
-    require(all(torch.isfinite(v).all() for v in tensors.values()),
-            f"bank '{weights}' holds non-finite values: re-train it with a lower --lr")
-    return tensors, meta

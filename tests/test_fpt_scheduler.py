@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from ds_prompt.config import TrainConfig, build_config
 from ds_prompt.errors import UserError
-from ds_prompt.fpt.scheduler import StageJob, StageTransform, stage_command
+from ds_prompt.fpt.launch import stage_command
+from ds_prompt.fpt.stage import StageJob, StageTransform
 from ds_prompt.models.tiny import build_tiny
 from tests.helpers import REPO
 
@@ -211,7 +212,7 @@ def test_scheduler_killed_between_stages_resumes_at_the_next_stage(uninterrupted
 
 def test_rerun_with_another_plan_is_refused(plan_file, tmp_path):
     from ds_prompt.fpt.plan import load_plan
-    from ds_prompt.fpt.scheduler import Ledger
+    from ds_prompt.fpt.ledger import Ledger
     cfg = build_config(TrainConfig, None, output_dir=str(tmp_path))
     Ledger.open(tmp_path / "fpt_ledger.json", load_plan(str(plan_file)), cfg)
     with pytest.raises(UserError, match="different stages"):
@@ -244,7 +245,7 @@ def test_fpt_cli_rejects_conflicting_flags(plan_file, tmp_path):
 
 
 def test_node_rank_is_read_from_per_node_launchers():
-    from ds_prompt.fpt.scheduler import launcher_node_rank
+    from ds_prompt.fpt.launch import launcher_node_rank
     assert launcher_node_rank("deepspeed --hostfile H --no_ssh --node_rank 3 --master_port 1") == 3
     assert launcher_node_rank("torchrun --nnodes 2 --node_rank=1 --master_port 1") == 1
     assert launcher_node_rank("torchrun --nproc_per_node 2 --master_port {free_port}") is None

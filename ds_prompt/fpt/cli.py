@@ -31,7 +31,8 @@ def fpt(plan: str, config: str | None = None, launcher: str | None = None, reset
     """
     from ds_prompt.config import TrainConfig, build_config
     from ds_prompt.fpt.plan import PRESETS, load_plan
-    from ds_prompt.fpt.scheduler import launcher_node_rank, run_fpt
+    from ds_prompt.fpt.launch import launcher_node_rank
+    from ds_prompt.fpt.scheduler import run_fpt
     named = launcher_node_rank(launcher)
     node_rank = named if node_rank is None else node_rank
     node_rank = 0 if node_rank is None else node_rank
@@ -103,7 +104,7 @@ def _validate_before_launch(cfg) -> None:
 
 def fpt_stage(stage_file: str) -> None:
     """Run one FPT stage job (started by `ds-prompt fpt`; every rank of the job runs this)."""
-    from ds_prompt.fpt.scheduler import run_stage
+    from ds_prompt.fpt.stage import run_stage
     run_stage(stage_file)
 
 

@@ -2,18 +2,6 @@
 
 The library folder itself (index, entries, recommendations, `--init library:` specs) is `transfer.library_index`;
 prompt sets are `transfer.prompt_set`; both are re-exported here.
-
-A prompt set is given as a comma list of artifact paths, or one folder (an artifact itself, or holding artifact
-sub-folders). Each prompt gets a short `name`: the task it was trained on, or its folder name when two prompts
-share a task (names label the rows/columns of matrices and indicator tables).
-
-Library layout (`--library DIR`, default $DS_PROMPT_LIBRARY or ./prompt_library):
-  DIR/library.json                 {"entries": {name: {task, backbone, family, d_model, prompt_length, accuracy,
-                                                        source}}}
-  DIR/<name>/prompt.safetensors    a copy of the artifact (+ prompt.json)
-  DIR/recommendations/<task>--<model>.json and DIR/recommendation.json (the latest): the ranking of `recommend`.
-`--init library:best` starts training from the top prompt of the latest recommendation (see
-`resolve_library_init`); `--init library:<name>` from a named entry; `library:DIR#best` names the library.
 """
 from __future__ import annotations
 

@@ -81,7 +81,10 @@ def main(argv=None) -> dict:
                                  batch_size=args.batch_size, steps=args.steps, lr=args.lr, shortcuts="on",
                                  dtype="fp32")
     engine = prepare_ds_prompt(bb.model, bb.tokenizer, bb.family.value, task, train_examples, evals, bench_args)
-    engine.step(engine.batches[0])  # warm-up, as the CLI's first window is warmed up by its first evaluation
+    # Warm-up outside the timing, as the CLI's windows start after its first evaluation: an evaluation (every
+    # eval length) and one step.
+    engine.evaluate()
+    engine.step(engine.batches[0])
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"model={args.model} task={args.task} steps={args.steps} batch={args.batch_size} "
           f"prompt={args.prompt_length} max_length={args.max_length} save_every={args.save_every} "

@@ -74,38 +74,18 @@ def generate(prompt: str, text: str | None = None, input: str | None = None, out
     --prompt P and --text "..." (printed), or --input FILE (one text per line; .jsonl lines may be objects with
     a "text" field) with --output FILE.jsonl ({text, generated} per line). --max_new_tokens N (default 32).
     """
-    import json
+    from ds_prompt.data.loading import read_texts
     from ds_prompt.engine.inference import generate_texts
+    from ds_prompt.io import write_jsonl
     if (text is None) == (input is None):
         raise UserError("generate needs exactly one of --text \"...\" and --input FILE")
-    if input is not None:
-        if not os.path.isfile(input):
-            raise UserError(f"--input '{input}' does not exist: pass a text or .jsonl file, one input per line")
-        texts = []
-        for number, line in enumerate(open(input, encoding="utf-8"), 1):
-            if not line.strip():
-                continue
-            if input.endswith(".jsonl"):
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    raise UserError(f"{input}:{number}: not valid JSON: write one object per line") from None
-                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                    raise UserError(f"{input}:{number}: needs a string field 'text'")
-                texts.append(record["text"])
-            else:
-                texts.append(line.rstrip("\n"))
-        if not output:
-            raise UserError("generate --input needs --output FILE.jsonl")
-    else:
-        texts = [str(text)]
+    texts = read_texts(input) if input is not None else [str(text)]
+    if input is not None and not output:
+        raise UserError("generate --input needs --output FILE.jsonl")
     results = generate_texts(prompt, texts, model=model, max_new_tokens=max_new_tokens, dtype=dtype,
                              quantization=quantization)
     if output:
-        from ds_prompt.io import atomic_path
-        with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps({"text": r["text"], "generated": r["generated"]}, ensure_ascii=False) + "\n"
-                         for r in results)
+        write_jsonl(output, ({"text": r["text"], "generated": r["generated"]} for r in results))
         _print_rank0(f"wrote {len(results)} generations to {output}")
     else:
         _print_rank0(results[0]["generated"])

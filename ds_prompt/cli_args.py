@@ -21,7 +21,7 @@ import importlib
 import inspect
 import re
 
-from ds_prompt.config import CHOICES, check_value, field_type
+from ds_prompt.config import CHOICES, GROUPS, check_value, field_type, parse_annotation
 from ds_prompt.errors import UserError
 
 # Commands whose **flags are the fields of a config class ("module:Class", imported only when checked).
@@ -38,7 +38,6 @@ CONFIG_FLAGS = {
 # Left out of `--help` listings: the internal FPT stage job, and the former top-level spellings of commands
 # that now live under `transfer` (still accepted).
 HIDDEN = ("fpt_stage", "indicators", "projector", "library")
-_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
 
 @dataclasses.dataclass
@@ -70,12 +69,8 @@ def _annotation_type(annotation, default) -> tuple[type | None, bool]:
     if annotation is inspect.Parameter.empty:
         if default is None or default is inspect.Parameter.empty:
             return None, True
-        return type(default) if type(default) in _TYPES.values() else None, False
-    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-    parts = [p.strip() for p in str(text).split("|")]
-    names = [p for p in parts if p != "None"]
-    kind = _TYPES.get(names[0]) if len(names) == 1 else None
-    return kind, "None" in parts
+        return type(default) if type(default) in (int, float, bool, str) else None, False
+    return parse_annotation(annotation)
 
 
 def _config_class(path: tuple[str, ...]):
@@ -111,7 +106,6 @@ def _field_comments(cls) -> dict[str, str]:
 
 def _group_of(cls, name: str) -> str:
     """Which argument group (config.GROUPS) declares field `name` of `cls`; "" for the recipe's own fields."""
-    from ds_prompt.config import GROUPS
     for klass in cls.__mro__:
         if name in getattr(klass, "__annotations__", {}):
             return klass.__name__.removesuffix("Args").lower() if klass in GROUPS else ""
@@ -138,7 +132,7 @@ def flags_of(path: tuple[str, ...], fn) -> dict[str, Flag]:
                 continue
             default = f.default if f.default is not dataclasses.MISSING else (
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-            flags[f.name] = Flag(f.name, field_type(f), "None" in str(f.type), default, comments.get(f.name, ""),
+            flags[f.name] = Flag(f.name, field_type(f), parse_annotation(f.type)[1], default, comments.get(f.name, ""),
                                  _group_of(cls, f.name))
     elif takes_flags:
         return {}  # an unregistered **flags command: nothing to check against

@@ -103,11 +103,18 @@ _POSITIVE = ("max_steps", "batch_size", "grad_accum", "prompt_length", "lr", "ma
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
 
+def parse_annotation(annotation) -> tuple[type | None, bool]:
+    """(base scalar type or None when not a plain int/float/bool/str, whether None is allowed) of an
+    annotation ("int | None" -> (int, True)); annotations may be strings (from __future__ import annotations)."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    parts = [part.strip() for part in str(text).split("|")]
+    names = [part for part in parts if part != "None"]
+    return (_TYPES.get(names[0]) if len(names) == 1 else None), "None" in parts
+
+
 def field_type(field: dataclasses.Field) -> type:
     """The base type of a field from its annotation ("int | None" -> int); str when not a plain scalar."""
-    annotation = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
-    names = [part.strip() for part in str(annotation).split("|") if part.strip() != "None"]
-    return _TYPES.get(names[0], str) if len(names) == 1 else str
+    return parse_annotation(field.type)[0] or str
 
 
 def _coerce(name: str, value, target: type):
@@ -223,6 +230,17 @@ CHOICES = {"scheduler": ("constant", "constant_with_warmup", "linear", "cosine",
            "format": ("peft", "prompt")}  # export: peft; spt export: prompt or peft
 
 
+def check_choice(name: str, value) -> None:
+    """UserError unless `value` of --`name` is one of CHOICES[name] (names without a list pass; --family in any
+    case, as parse_family reads it)."""
+    if name not in CHOICES:
+        return
+    shown = value.lower() if isinstance(value, str) and name == "family" else value
+    if shown not in CHOICES[name]:
+        listed = ", ".join(str(a) for a in CHOICES[name] if a is not None)
+        raise UserError(f"unknown --{name} '{value}': use one of {listed}")
+
+
 def _parse_scalar(name: str, raw: str, kind: type):
     """A flag's raw text as `kind` (int accepts 1e3-style integral floats, as fire reads them)."""
     if kind is int:
@@ -243,35 +261,26 @@ def check_value(name: str, raw: str | None, kind: type | None, optional: bool) -
         if kind in (bool, None):
             return
         raise UserError(f"--{name} needs a value ({kind.__name__})")
-    if raw in ("None", "null") and kind is not str:
+    if raw in ("None", "null"):
         if optional:
             return
-        raise UserError(f"--{name} cannot be None: give a value")
-    if optional and raw in ("None", "null"):
-        return
+        if kind is not str:
+            raise UserError(f"--{name} cannot be None: give a value")
     if kind is not None and kind is not str:
         try:
             _parse_scalar(name, raw, kind)
         except (ValueError, UserError):
             raise UserError(f"--{name} {raw!r} is not a valid {kind.__name__}") from None
-    if name in CHOICES:
-        value = raw.lower() if name in ("family", "quantization") else raw
-        if value not in CHOICES[name]:
-            shown = ", ".join(str(a) for a in CHOICES[name] if a is not None)
-            raise UserError(f"unknown --{name} '{raw}': use one of {shown}")
+    check_choice(name, raw)
     if name == "init" and kind is str:
         check_init_spec(raw)
 
 
 def _check_choices(cfg) -> None:
     """Choice-list flags, the init spec and the schedule, checked before anything loads or is written."""
-    for name, allowed in CHOICES.items():
-        value = getattr(cfg, name, None)
-        if isinstance(value, str) and name == "family":
-            value = value.lower()  # parse_family accepts any case
-        if hasattr(cfg, name) and value not in allowed:
-            shown = ", ".join(a for a in allowed if a is not None)
-            raise UserError(f"unknown --{name} '{getattr(cfg, name)}': use one of {shown}")
+    for name in CHOICES:
+        if hasattr(cfg, name):
+            check_choice(name, getattr(cfg, name))
     if isinstance(getattr(cfg, "init", None), str):
         check_init_spec(cfg.init)
     if hasattr(cfg, "warmup_steps") and hasattr(cfg, "max_steps"):

@@ -29,6 +29,12 @@ def write_json(path: str | os.PathLike, obj) -> None:
         Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def write_jsonl(path: str | os.PathLike, rows) -> None:
+    """Write `rows` (dicts) as JSON lines at `path`, atomically (parent folders created)."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
 def write_tensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
     """Write `tensors` as fp32 CPU safetensors at `path`, atomically (never unpickled when read back)."""
     from safetensors.torch import save_file

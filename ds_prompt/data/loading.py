@@ -121,6 +121,23 @@ def read_input_file(task: TaskSpec, path: str | Path) -> tuple[list[Example], li
     return examples, ids
 
 
+def read_texts(path: str | Path) -> list[str]:
+    """Free texts, one per line (blank lines skipped), or from the string field `text` of each object of a
+    .jsonl file (also gzipped); errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--input '{path}' does not exist: pass a text or .jsonl file, one input per line")
+    if _suffix(path).removesuffix(".gz") == ".jsonl":
+        texts = []
+        for where, record in _read_jsonl(path):
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise UserError(f"{where}: needs a string field 'text'")
+            texts.append(record["text"])
+        return texts
+    with _open_text(path) as lines:
+        return [line.rstrip("\n") for line in lines if line.strip()]
+
+
 def _task_subfolder(root: Path, task_name: str) -> Path | None:
     exact = root / task_name
     if exact.is_dir():

@@ -1,7 +1,6 @@
 """Evaluating a saved prompt artifact (no DeepSpeed engine needed; multi-rank if launched so)."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from ds_prompt.data.tasks import get_task, use_task
 from ds_prompt.engine import setup as ds_setup
 from ds_prompt.engine.evaluate import evaluate
 from ds_prompt.errors import UserError
-from ds_prompt.io import ensure_writable_dir, write_json
+from ds_prompt.io import ensure_writable_dir, write_json, write_jsonl
 from ds_prompt.models.family import Family
 from ds_prompt.models.heads import HEAD_KINDS
 
@@ -28,24 +27,47 @@ def eval_subset(limit: int | None, seed: int) -> dict:
     return {"limit": limit, "seed": seed, "rule": SUBSET_RULE}
 
 
-def prompted_from_artifact(prompt_path: str, task_name: str | None = None, model: str | None = None,
-                           family: str | None = None, dtype: str = "auto", max_length: int | None = None,
-                           quantization: str | None = None):
-    """(Prompted, meta) with the artifact's prompt (and linear head) loaded, for its task or `task_name`.
-    `quantization` defaults to what the run used (prompt.json), when the backbone is the recorded one."""
+def _artifact(prompt_path: str, model: str | None):
+    """(tensor, meta, extra) of a prompt artifact that names its backbone (or is given one)."""
     tensor, meta, extra = load_prompt(prompt_path)
-    model_name = model or meta.get("backbone")
-    if not model_name:
+    if not (model or meta.get("backbone")):
         raise UserError(f"prompt {prompt_path} records no backbone: pass --model")
-    if task_name is None and meta.get("task_spec"):
-        task = use_task(meta["task_spec"])  # a custom task: rebuilt from the mapping prompt.json recorded
-    else:
-        task = get_task(task_name or meta.get("task") or "")
+    return tensor, meta, extra
+
+
+def _artifact_backbone(prompt_path: str, tensor, meta: dict, model: str | None, family: str | None, dtype: str,
+                       quantization: str | None):
+    """The backbone `prompt_path` runs on (`model` overrides the recorded one), quantized as its run was when
+    it is the recorded backbone and `quantization` is not given; the prompt must fit its width."""
+    model_name = model or meta.get("backbone")
     if quantization is None:
         quantization = meta.get("quantization") if model in (None, meta.get("backbone")) else None
     check_quantization(model_name, quantization)
     backbone = load_model_for(model_name, family or meta.get("family"), dtype, quantization)
     check_prompt_fits(tensor, backbone.d_model, prompt_path)
+    return backbone
+
+
+def _recorded_split(task, meta: dict, split: str, data_dir: str | None, limit: int | None, seed: int | None):
+    """(examples, subset rule, data_dir) of `split`: `data_dir` defaults to the run's recorded one (when it still
+    exists), `seed` to its training seed, so `--limit N` picks the subset training's --eval_limit N picked."""
+    subset = eval_subset(limit, meta.get("seed", 0) if seed is None else seed)
+    if data_dir is None and meta.get("data_dir") and os.path.isdir(meta["data_dir"]):
+        data_dir = meta["data_dir"]  # the folder the prompt was trained from (prompt.json records it)
+    return load_examples(task, split, data_dir, limit=limit, seed=subset["seed"]), subset, data_dir
+
+
+def prompted_from_artifact(prompt_path: str, task_name: str | None = None, model: str | None = None,
+                           family: str | None = None, dtype: str = "auto", max_length: int | None = None,
+                           quantization: str | None = None):
+    """(Prompted, meta) with the artifact's prompt (and linear head) loaded, for its task or `task_name`.
+    `quantization` defaults to what the run used (prompt.json), when the backbone is the recorded one."""
+    tensor, meta, extra = _artifact(prompt_path, model)
+    if task_name is None and meta.get("task_spec"):
+        task = use_task(meta["task_spec"])  # a custom task: rebuilt from the mapping prompt.json recorded
+    else:
+        task = get_task(task_name or meta.get("task") or "")
+    backbone = _artifact_backbone(prompt_path, tensor, meta, model, family, dtype, quantization)
     head = HEAD_KINDS.get(meta.get("head", ""), "auto")
     if head == "linear" and task_name and task_name != meta.get("task"):
         raise UserError(f"prompt {prompt_path} has a linear head trained for {meta.get('task')}: it cannot "
@@ -78,10 +100,7 @@ def evaluate_prompt(prompt: str, task: str | None = None, data_dir: str | None =
     if out.exists() and not out.is_dir():
         raise UserError(f"--output_dir {out} is a file: pass a folder")
     dist.on_rank0(ensure_writable_dir, out)
-    subset = eval_subset(limit, meta.get("seed", 0) if seed is None else seed)
-    if data_dir is None and meta.get("data_dir") and os.path.isdir(meta["data_dir"]):
-        data_dir = meta["data_dir"]  # the folder the prompt was trained from (prompt.json records it)
-    examples = load_examples(built.task, split, data_dir, limit=limit, seed=subset["seed"])
+    examples, subset, data_dir = _recorded_split(built.task, meta, split, data_dir, limit, seed)
     encoded = [built.encoder.encode(e) for e in examples]
     device = ds_setup.device()
     model_ = built.model.to(device)
@@ -105,7 +124,6 @@ def predict(prompt: str, output: str, task: str | None = None, split: str = "eva
 
     from ds_prompt.data.encoding import collate
     from ds_prompt.data.loading import read_input_file
-    from ds_prompt.io import atomic_path
     if batch_size <= 0 or (limit is not None and limit <= 0):
         raise UserError("--batch_size and --limit must be positive integers")
     out = Path(output)
@@ -116,10 +134,7 @@ def predict(prompt: str, output: str, task: str | None = None, split: str = "eva
     if input is not None:
         examples, ids = read_input_file(built.task, input)
     else:
-        if data_dir is None and meta.get("data_dir") and os.path.isdir(meta["data_dir"]):
-            data_dir = meta["data_dir"]
-        subset = eval_subset(limit, meta.get("seed", 0) if seed is None else seed)
-        examples = load_examples(built.task, split, data_dir, limit=limit, seed=subset["seed"])
+        examples = _recorded_split(built.task, meta, split, data_dir, limit, seed)[0]
         ids = list(range(len(examples)))
     encoded = [built.encoder.encode(e) for e in examples]
     device = ds_setup.device()
@@ -142,11 +157,7 @@ def predict(prompt: str, output: str, task: str | None = None, split: str = "eva
         rows.append({"id": ids[i], **dict(zip(fields, example.texts)), "label": gold, "predicted": labels[best],
                      "probabilities": {label: round(p, 6) for label, p in zip(labels, probs)}})
 
-    def write() -> None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    dist.on_rank0(write)
+    dist.on_rank0(write_jsonl, out, rows)
     return {"n": len(rows), "labeled": labeled, "accuracy": correct / labeled if labeled else None,
             "output": str(out), "task": built.task.name}
 
@@ -159,17 +170,11 @@ def generate_texts(prompt: str, texts: list[str], model: str | None = None, max_
 
     if max_new_tokens <= 0:
         raise UserError(f"--max_new_tokens {max_new_tokens} must be a positive integer")
-    tensor, meta, _ = load_prompt(prompt)
-    model_name = model or meta.get("backbone")
-    if not model_name:
-        raise UserError(f"prompt {prompt} records no backbone: pass --model")
-    if quantization is None:
-        quantization = meta.get("quantization") if model in (None, meta.get("backbone")) else None
-    check_quantization(model_name, quantization)
-    backbone = load_model_for(model_name, meta.get("family"), dtype, quantization)
+    tensor, meta, _ = _artifact(prompt, model)
+    backbone = _artifact_backbone(prompt, tensor, meta, model, None, dtype, quantization)
     if backbone.family not in (Family.CAUSAL, Family.SEQ2SEQ):
-        raise UserError(f"generate needs a causal or seq2seq backbone; '{model_name}' is {backbone.family.value}")
-    check_prompt_fits(tensor, backbone.d_model, prompt)
+        raise UserError(f"generate needs a causal or seq2seq backbone; '{backbone.name}' is "
+                        f"{backbone.family.value}")
     net, tok = backbone.model, backbone.tokenizer
     device = ds_setup.device()
     net.to(device)

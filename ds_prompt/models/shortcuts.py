@@ -28,8 +28,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ds_prompt.models.checkpointing import CheckpointedLayer
 from ds_prompt.models.ffn import layer_stacks
+from ds_prompt.models.wrappers import CheckpointedLayer, unwrapped
 
 
 class _Capture(nn.Module):
@@ -162,7 +162,7 @@ def last_layer_at(model: nn.Module, run: Callable[[], object], rows: torch.Tenso
         run()
     finally:
         stack.layers[index] = last
-    layer = last.layer if isinstance(last, CheckpointedLayer) else last
+    layer = unwrapped(last)
     cached = None
     if prefix_cache is not None:
         cached = prefix_cache.layers[index].keys, prefix_cache.layers[index].values

@@ -20,7 +20,7 @@ from ds_prompt.artifacts import export_peft, save_prompt
 from ds_prompt.engine import setup as ds_setup
 from ds_prompt.errors import UserError
 from ds_prompt.models.family import Family
-from ds_prompt.spt.bank import QuerySource
+from ds_prompt.spt.bank import QuerySource, load_bank
 from ds_prompt.spt.mixture import TaskSuite
 from ds_prompt.spt.recipe import load_trained
 
@@ -34,7 +34,6 @@ def export_bank(bank: str, tasks: list[str] | None, output_dir: str, format: str
     if format not in FORMATS:
         raise UserError(f"unknown --format '{format}': use prompt (a ds_prompt artifact) or peft")
     ds_setup.init_distributed()
-    from ds_prompt.spt.bank import load_bank
     _, saved = load_bank(bank)
     wanted = tasks or (saved["tasks"] + saved["heldout"])
     spt, backbone, meta, specs, ids = load_trained(bank, wanted, model, dtype)

@@ -34,10 +34,11 @@ setup(
     # bitsandbytes and transformers probe for) or `bench` (a dev tool, run from the checkout).
     packages=find_packages(include=["ds_prompt", "ds_prompt.*"]) + ["ds_prompt.kernels", "ds_prompt.ds_configs"],
     package_dir={"ds_prompt.kernels": "kernels", "ds_prompt.ds_configs": "ds_configs"},
-    package_data={"ds_prompt": ["data/demo/*.jsonl", "data/demo/*.md", "data/builtin_tasks.yaml"], "ds_prompt.ds_configs": ["*.json"]},
+    package_data={"ds_prompt": ["data/demo/*.jsonl", "data/demo/*.md", "data/builtin_tasks.yaml"],
+                  "ds_prompt.ds_configs": ["*.json"]},
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"dev": ["pytest>=8", "peft"]},
+    extras_require={"dev": ["pytest>=8", "peft", "ruff>=0.15"]},
     entry_points={"console_scripts": ["ds-prompt=ds_prompt.cli:main"]},
 )

@@ -69,7 +69,6 @@ def bench_activation_stats(copy_gbs: float, warmup: int, repeats: int) -> None:
         report(f"activation_stats {tokens}x{neurons} bf16", nbytes,
                time_ms(lambda: activation_stats(x), warmup, repeats),
                time_ms(lambda: activation_stats_reference(x), warmup, repeats), copy_gbs)
-        del x
 
 
 def bench_topk_retrieval(copy_gbs: float, warmup: int, repeats: int) -> None:
@@ -85,7 +84,6 @@ def bench_topk_retrieval(copy_gbs: float, warmup: int, repeats: int) -> None:
                            time_ms(lambda: topk_retrieval(queries, keys, k), warmup, repeats),
                            time_ms(lambda: topk_retrieval_reference(queries, keys, k), warmup, repeats),
                            copy_gbs)
-            del keys
 
 
 BENCHES = {"activation_stats": bench_activation_stats, "topk_retrieval": bench_topk_retrieval}

@@ -184,7 +184,9 @@ def main(argv=None) -> None:
                   f"step={r['step_s']:.1f}s grad_finite={r['grad_finite']} grad_dtype={r['grad_dtype']} ok",
                   flush=True)
         else:
-            print(f"{size:>4}B failed (exit {proc.returncode}: {'killed: out of memory' if proc.returncode in (-9, 137) else proc.stderr.strip().splitlines()[-1:]})")
+            why = ("killed: out of memory" if proc.returncode in (-9, 137)
+                   else proc.stderr.strip().splitlines()[-1:])
+            print(f"{size:>4}B failed (exit {proc.returncode}: {why})")
 
 
 if __name__ == "__main__":

@@ -105,7 +105,8 @@ def _data(task_name, data_dir, n_train, n_eval, seed):
     from ds_prompt.data.loading import load_examples
     from ds_prompt.data.tasks import get_task
     task = get_task(task_name)
-    return task, load_examples(task, "train", data_dir, n_train, seed), load_examples(task, "eval", data_dir, n_eval, seed)
+    return (task, load_examples(task, "train", data_dir, n_train, seed),
+            load_examples(task, "eval", data_dir, n_eval, seed))
 
 
 def prepare_ds_prompt(model, tok, family, task, train, evals, args):

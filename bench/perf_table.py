@@ -121,7 +121,8 @@ def render(rows: dict[str, dict]) -> str:
              f"ledger's useful work per second (so the shortcuts raise it above what is computed). \"load before\" is "
              f"the 1-minute load average when the row started; rows run back to back, so it includes the previous "
              f"row's own bench (nothing else ran).", "",
-             "| model | ds_prompt tok/s | floor tok/s | PEFT tok/s | **vs floor** | **vs PEFT** | shortcuts off: vs floor "
+             "| model | ds_prompt tok/s | floor tok/s | PEFT tok/s | **vs floor** | **vs PEFT** "
+             "| shortcuts off: vs floor "
              "| GFLOPS ds_prompt / floor (matmul peak) | activation MB ds_prompt / shortcuts off / PEFT "
              "| accuracy after 40 steps ds_prompt / floor / PEFT | date, load before |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -136,7 +137,8 @@ def render(rows: dict[str, dict]) -> str:
             f"**{_f(r, 'tokens_per_s_ratio', '.2f')}x** | {_f(r, 'full_forward_vs_floor_ratio', '.2f')}x | "
             f"{_f(r, 'ds_prompt_gflops')} / {_f(r, 'floor_gflops')} ({_f(r, 'matmul_peak_gflops')}) | "
             f"{_f(r, 'ds_prompt_activation_mb')} / {_f(r, 'ds_prompt_full_activation_mb')} / "
-            f"{_f(r, 'peft_activation_mb')} | {_f(r, 'ds_prompt_accuracy', '.3f')} / {_f(r, 'floor_accuracy', '.3f')} / "
+            f"{_f(r, 'peft_activation_mb')} | {_f(r, 'ds_prompt_accuracy', '.3f')} / "
+            f"{_f(r, 'floor_accuracy', '.3f')} / "
             f"{_f(r, 'peft_accuracy', '.3f')} | {r['date']}, {r['load_before']} |")
     cli = rows.get("smollm2_cli")
     lines.append("")

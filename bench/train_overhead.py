@@ -72,8 +72,8 @@ def main(argv=None) -> dict:
 
     from bench.peft_compare import _data, prepare_ds_prompt
     from ds_prompt.config import TrainConfig
-    from ds_prompt.engine.trainer import train
     from ds_prompt.models.backbone import load_backbone
+    from ds_prompt.recipes.prompt_tuning import train
 
     bb = load_backbone(args.model, dtype="fp32")
     task, train_examples, evals = _data(args.task, args.data_dir, 400, 16, args.seed)

@@ -20,7 +20,7 @@ def train(config: str | None = None, **flags) -> dict:
     --output_dir.
     """
     from ds_prompt.config import TrainConfig, build_config
-    from ds_prompt.engine.trainer import train as run
+    from ds_prompt.recipes.prompt_tuning import train as run
     cfg = build_config(TrainConfig, config, keep_none=True, **flags)
     metrics = run(cfg)
     _print_rank0(f"accuracy {metrics['accuracy_before']:.4f} -> {metrics['accuracy']:.4f} after "
@@ -41,7 +41,7 @@ def evaluate(prompt: str, task: str | None = None, data_dir: str | None = None, 
     accuracy and writes eval_<task>.json (accuracy, f1, matthews, the subset rule) into --output_dir (default:
     the prompt's folder).
     """
-    from ds_prompt.engine.inference import evaluate_prompt
+    from ds_prompt.recipes.inference import evaluate_prompt
     result = evaluate_prompt(prompt, task=task, data_dir=data_dir, model=model, split=split, limit=limit,
                              batch_size=batch_size, output_dir=output_dir, family=family, dtype=dtype,
                              max_length=max_length, seed=seed, quantization=quantization)
@@ -59,7 +59,7 @@ def predict(prompt: str, output: str, task: str | None = None, split: str = "eva
     with the task's text fields; label and id optional). --data_dir and --quantization default to what the run
     recorded.
     """
-    from ds_prompt.engine.inference import predict as run
+    from ds_prompt.recipes.inference import predict as run
     r = run(prompt, output, task=task, split=split, input=input, data_dir=data_dir, model=model, limit=limit,
             batch_size=batch_size, dtype=dtype, quantization=quantization, seed=seed)
     shown = f"; accuracy {r['accuracy']:.4f} on the {r['labeled']} labeled" if r["accuracy"] is not None else ""
@@ -75,8 +75,8 @@ def generate(prompt: str, text: str | None = None, input: str | None = None, out
     a "text" field) with --output FILE.jsonl ({text, generated} per line). --max_new_tokens N (default 32).
     """
     from ds_prompt.data.loading import read_texts
-    from ds_prompt.engine.inference import generate_texts
     from ds_prompt.io import write_jsonl
+    from ds_prompt.recipes.inference import generate_texts
     if (text is None) == (input is None):
         raise UserError("generate needs exactly one of --text \"...\" and --input FILE")
     texts = read_texts(input) if input is not None else [str(text)]

@@ -31,9 +31,9 @@ CONFIG_FLAGS = {
     ("transfer", "speedup"): "ds_prompt.config:TrainConfig",
     ("library", "recommend"): "ds_prompt.config:TrainConfig",  # the probe run's train flags
     ("transfer", "library", "recommend"): "ds_prompt.config:TrainConfig",
-    ("spt", "train"): "ds_prompt.spt.recipe:SPTConfig",
-    ("projector", "train"): "ds_prompt.transfer.projector:ProjectorTrainConfig",
-    ("transfer", "projector", "train"): "ds_prompt.transfer.projector:ProjectorTrainConfig",
+    ("spt", "train"): "ds_prompt.recipes.spt:SPTConfig",
+    ("projector", "train"): "ds_prompt.recipes.projector:ProjectorTrainConfig",
+    ("transfer", "projector", "train"): "ds_prompt.recipes.projector:ProjectorTrainConfig",
 }
 # Left out of `--help` listings: the internal FPT stage job, and the former top-level spellings of commands
 # that now live under `transfer` (still accepted).

@@ -10,7 +10,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
+from ds_prompt.data.tasks import use_task
 from ds_prompt.errors import UserError
+from ds_prompt.io import atomic_path
 
 
 # ---- argument groups: each recipe config composes the ones it honours (field names are the CLI flag names) ----
@@ -150,7 +154,6 @@ def load_config_file(path: str) -> dict:
     text = p.read_text()
     try:
         if p.suffix in (".yaml", ".yml"):
-            import yaml
             data = yaml.safe_load(text)
         else:
             data = json.loads(text)
@@ -169,7 +172,6 @@ def build_config(cls=TrainConfig, config: str | None = None, keep_none: bool = F
     values = load_config_file(config) if config else {}
     values.update({k: v for k, v in overrides.items() if keep_none or v is not None})
     if isinstance(values.get("task"), dict):  # a `task:` mapping in the config file: validated, registered
-        from ds_prompt.data.tasks import use_task
         values["task"] = use_task(values["task"]).name
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
@@ -200,22 +202,45 @@ def build_config(cls=TrainConfig, config: str | None = None, keep_none: bool = F
 INIT_CHOICES = "normal[:std], uniform, vocab, text:<words>, file:<prompt.safetensors|peft dir>, library:<name>"
 
 
-def check_init_spec(init: str) -> None:
-    """UserError unless `init` is a well-formed init spec (checked when flags are parsed, before any work)."""
-    kind, sep, arg = str(init).partition(":")
-    if kind == "normal" and sep:
-        try:
-            std = float(arg)
-        except ValueError:
-            raise UserError(f"--init '{init}': the std after 'normal:' must be a number, e.g. normal:0.02") from None
-        if not math.isfinite(std) or std <= 0:
-            raise UserError(f"--init '{init}': the std must be a finite number > 0, e.g. normal:0.02")
-    elif kind in ("uniform", "vocab") and sep:
-        raise UserError(f"--init '{init}': {kind} takes no argument")
-    elif kind in ("text", "file", "library") and not arg.strip():
-        raise UserError(f"--init '{init}' needs a value after '{kind}:'")
-    elif kind not in ("normal", "uniform", "vocab", "text", "file", "library"):
-        raise UserError(f"unknown --init '{init}': use one of {INIT_CHOICES}")
+INIT_KINDS = ("normal", "uniform", "vocab", "text", "file", "library")
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    """A parsed --init (the flag stays a string in configs and run.json; this is its typed form, parsed at the
+    config boundary, so the model layer never sees an unchecked spec)."""
+    kind: str           # one of INIT_KINDS
+    arg: str = ""       # normal: the std ("" = 0.02); text: the words; file: a path; library: an entry name
+
+    @classmethod
+    def parse(cls, init: "str | InitSpec") -> "InitSpec":
+        """UserError unless `init` is a well-formed init spec (checked when flags are parsed, before any work)."""
+        if isinstance(init, InitSpec):
+            return init
+        kind, sep, arg = str(init).partition(":")
+        if kind == "normal" and sep:
+            try:
+                std = float(arg)
+            except ValueError:
+                raise UserError(f"--init '{init}': the std after 'normal:' must be a number, e.g. normal:0.02") \
+                    from None
+            if not math.isfinite(std) or std <= 0:
+                raise UserError(f"--init '{init}': the std must be a finite number > 0, e.g. normal:0.02")
+        elif kind in ("uniform", "vocab") and sep:
+            raise UserError(f"--init '{init}': {kind} takes no argument")
+        elif kind in ("text", "file", "library") and not arg.strip():
+            raise UserError(f"--init '{init}' needs a value after '{kind}:'")
+        elif kind not in INIT_KINDS:
+            raise UserError(f"unknown --init '{init}': use one of {INIT_CHOICES}")
+        return cls(kind, arg)
+
+    @property
+    def std(self) -> float:
+        """normal's standard deviation."""
+        return float(self.arg) if self.arg else 0.02
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.arg}" if self.arg else self.kind
 
 
 # Choice-list flags, shared by every command that takes them (checked when flags are parsed, by
@@ -273,7 +298,7 @@ def check_value(name: str, raw: str | None, kind: type | None, optional: bool) -
             raise UserError(f"--{name} {raw!r} is not a valid {kind.__name__}") from None
     check_choice(name, raw)
     if name == "init" and kind is str:
-        check_init_spec(raw)
+        InitSpec.parse(raw)
 
 
 def _check_choices(cfg) -> None:
@@ -282,7 +307,7 @@ def _check_choices(cfg) -> None:
         if hasattr(cfg, name):
             check_choice(name, getattr(cfg, name))
     if isinstance(getattr(cfg, "init", None), str):
-        check_init_spec(cfg.init)
+        InitSpec.parse(cfg.init)
     if hasattr(cfg, "warmup_steps") and hasattr(cfg, "max_steps"):
         span = getattr(cfg, "schedule_steps", None) or cfg.max_steps
         if cfg.warmup_steps > span:
@@ -310,9 +335,7 @@ def config_dict(cfg) -> dict:
 def write_config_yaml(out: str, cfg) -> None:
     """<out>/config.yaml: the resolved config of a run (defaults, config file and flags merged); it is a valid
     --config file for the same run."""
-    import yaml
 
-    from ds_prompt.io import atomic_path
     path = Path(out) / "config.yaml"
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         yaml.safe_dump(config_dict(cfg), f, sort_keys=False)

@@ -3,7 +3,8 @@
 Points: `after_checkpoint` (a checkpoint is complete), `before_rename` (a checkpoint's files are written under
 their temporary name but not yet renamed into place), `mid_step` (inside a training step, after backward,
 before the optimizer step), `between_stages` (the FPT scheduler, after stage <step> is in the ledger and
-before the next stage starts; <step> is the stage index there). The exit is `os._exit(17)`: no cleanup, no flush, like a killed process.
+before the next stage starts; <step> is the stage index there). The exit is `os._exit(17)`: no cleanup, no flush,
+like a killed process.
 """
 from __future__ import annotations
 

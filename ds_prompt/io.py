@@ -9,6 +9,8 @@ import socket
 import tempfile
 from pathlib import Path
 
+from safetensors.torch import save_file
+
 from ds_prompt.errors import UserError
 
 
@@ -37,7 +39,6 @@ def write_jsonl(path: str | os.PathLike, rows) -> None:
 
 def write_tensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
     """Write `tensors` as fp32 CPU safetensors at `path`, atomically (never unpickled when read back)."""
-    from safetensors.torch import save_file
     with atomic_path(path) as tmp:
         save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
                   metadata=metadata)

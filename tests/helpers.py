@@ -9,8 +9,8 @@ import torch
 from ds_prompt.data.encoding import TemplateEncoder, collate
 from ds_prompt.models.backbone import load_backbone
 from ds_prompt.models.family import Family
-from ds_prompt.models.prompted import PromptedModel, build_head, new_soft_prompt
 from ds_prompt.models.heads import mean_pool
+from ds_prompt.models.prompted import PromptedModel, build_head, new_soft_prompt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")

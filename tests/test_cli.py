@@ -187,8 +187,8 @@ def test_predict_writes_one_line_per_example_consistent_with_evaluate(tmp_path, 
 def test_generate_equals_greedy_decoding_of_the_plain_hf_model_with_the_prompt(arch, tmp_path, capsys):
     """`ds-prompt generate` matches a hand-written greedy loop over the unmodified HF model fed
     [prompt; text] embeddings (decoder-only: the growing sequence; T5: the encoder input)."""
-    from ds_prompt.engine.inference import generate_texts
     from ds_prompt.models.tiny import build_tiny
+    from ds_prompt.recipes.inference import generate_texts
     model, tok = build_tiny(arch)
     prompt = torch.randn(4, model.config.hidden_size if arch != "t5" else model.config.d_model) * 0.5
     save_prompt(tmp_path / "p", prompt, {"backbone": f"tiny:{arch}", "task": "demo",
@@ -234,6 +234,7 @@ def test_custom_task_file_trains_and_later_commands_rebuild_it(tmp_path, capsys)
     """`--task my_task.yaml` (and a `task:` mapping in --config) defines a task; prompt.json records its
     mapping, so evaluate/predict work in a new process without the file."""
     import yaml
+
     from ds_prompt.data import tasks
     from ds_prompt.data.loading import DEMO_DIR
     spec = {"name": "moviemood", "text_fields": ["text"], "labels": ["negative", "positive"],

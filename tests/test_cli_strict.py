@@ -124,3 +124,18 @@ def test_every_command_has_checkable_flags():
             yield from leaves(sub, path + (name,)) if isinstance(sub, dict) else [(path + (name,), sub)]
     for path, fn in leaves(_commands()):
         assert flags_of(path, fn), path
+
+
+def test_init_spec_is_parsed_into_its_typed_form():
+    from ds_prompt.config import InitSpec
+    assert InitSpec.parse("normal") == InitSpec("normal") and InitSpec.parse("normal").std == 0.02
+    assert InitSpec.parse("normal:0.5").std == 0.5
+    assert InitSpec.parse("file:C:/runs/p") == InitSpec("file", "C:/runs/p")  # only the first ':' splits
+    for text in ("normal:0.5", "uniform", "vocab", "text:classify the sentiment", "file:a/b", "library:best"):
+        spec = InitSpec.parse(text)
+        assert str(spec) == text and InitSpec.parse(spec) is spec
+    for bad, needle in (("normal:-1", "finite number > 0"), ("normal:x", "must be a number"),
+                        ("vocab:3", "vocab takes no argument"), ("text: ", "needs a value after 'text:'"),
+                        ("zeros", "unknown --init 'zeros'")):
+        with pytest.raises(UserError, match=re.escape(needle)):
+            InitSpec.parse(bad)

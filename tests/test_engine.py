@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from ds_prompt.config import TrainConfig, build_config
-from ds_prompt.engine.trainer import train
+from ds_prompt.recipes.prompt_tuning import train
 from tests.helpers import REPO
 
 TINY = dict(model="tiny:bert", task="demo", train_limit=64, eval_limit=32, batch_size=8, max_steps=12,

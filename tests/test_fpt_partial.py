@@ -5,13 +5,29 @@ import re
 
 import pytest
 import torch
-from transformers import (BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
-                          Qwen2Config, Qwen2ForCausalLM, T5Config, T5ForConditionalGeneration)
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
 from ds_prompt import evenly_select_layers
 from ds_prompt.errors import UserError
-from ds_prompt.fpt.flops import (LengthStats, ModelShape, encoder_layer_flops, flops_fraction, step_flops,
-                                 t5_decoder_layer_flops)
+from ds_prompt.fpt.flops import (
+    LengthStats,
+    ModelShape,
+    encoder_layer_flops,
+    flops_fraction,
+    step_flops,
+    t5_decoder_layer_flops,
+)
 from ds_prompt.fpt.partial import PartialModelSpec, apply_partial, neuron_scores, top_neurons
 from ds_prompt.fpt.plan import StagePlan, load_plan, preset_plan
 from ds_prompt.models.family import Family
@@ -239,11 +255,13 @@ def test_partial_spec_validation_names_the_bad_value():
     quantized, _ = build_tiny("llama")
     quantized.config.quantization_config = {"load_in_4bit": True}
     with pytest.raises(UserError, match="quantized"):
-        apply_partial(quantized, PartialModelSpec(width=0.5), {r.name: torch.rand(r.d_ff) for r in ffn_layers(quantized)})
+        scores = {r.name: torch.rand(r.d_ff) for r in ffn_layers(quantized)}
+        apply_partial(quantized, PartialModelSpec(width=0.5), scores)
 
 
 def test_width_slicing_gathers_zero3_partitioned_weights():
     import deepspeed
+
     from ds_prompt.engine.setup import init_distributed
     init_distributed()
     config = {"train_batch_size": 1, "zero_optimization": {"stage": 3}}
@@ -263,6 +281,7 @@ def test_width_slicing_gathers_zero3_partitioned_weights():
 
 def test_forwards_through_a_zero3_partitioned_model_gather_one_layer_at_a_time():
     import deepspeed
+
     from ds_prompt.engine.setup import init_distributed
     from ds_prompt.models.ffn import gathered_layerwise
     init_distributed()

@@ -136,7 +136,7 @@ def _handoff_config(stage_dir: Path, tmp: Path, **changes) -> tuple[TrainConfig,
 
 @pytest.mark.multiproc
 def test_optimizer_state_carries_over_an_expansion_unchanged(uninterrupted, tmp_path):
-    from ds_prompt.engine.trainer import train
+    from ds_prompt.recipes.prompt_tuning import train
     before, meta_before = _latest_state(uninterrupted / "stage_0")
     assert meta_before["step"] == 6 and "opt/prompt.weight/exp_avg" in before
     # Stage 1 started on the FULL model from stage 0's state; stopping it after 0 steps saves exactly what it
@@ -211,8 +211,8 @@ def test_scheduler_killed_between_stages_resumes_at_the_next_stage(uninterrupted
 
 
 def test_rerun_with_another_plan_is_refused(plan_file, tmp_path):
-    from ds_prompt.fpt.plan import load_plan
     from ds_prompt.fpt.ledger import Ledger
+    from ds_prompt.fpt.plan import load_plan
     cfg = build_config(TrainConfig, None, output_dir=str(tmp_path))
     Ledger.open(tmp_path / "fpt_ledger.json", load_plan(str(plan_file)), cfg)
     with pytest.raises(UserError, match="different stages"):

@@ -79,7 +79,7 @@ def test_quantized_backbone_under_two_rank_zero3_matches_one_rank(saved_gpt2, tm
 
     from ds_prompt.config import TrainConfig, build_config
     from ds_prompt.engine.setup import load_ds_config
-    from ds_prompt.engine.trainer import train
+    from ds_prompt.recipes.prompt_tuning import train
     from tests.test_engine import _flags, _torchrun, load_scalars
     config = load_ds_config(stage)
     config["zero_optimization"]["stage3_param_persistence_threshold"] = 0

@@ -16,8 +16,17 @@ from ds_prompt.errors import UserError
 from ds_prompt.models.backbone import load_backbone
 from ds_prompt.models.family import Family
 from ds_prompt.models.prompted import PromptedModel, build_head, new_soft_prompt
-from ds_prompt.spt.bank import (BANK_FILE, BankConfig, MemoryBank, build_spt_model, init_spt_prompt, load_bank,
-                                load_state, prompt_tensors, save_bank)
+from ds_prompt.spt.bank import (
+    BANK_FILE,
+    BankConfig,
+    MemoryBank,
+    build_spt_model,
+    init_spt_prompt,
+    load_bank,
+    load_state,
+    prompt_tensors,
+    save_bank,
+)
 from ds_prompt.spt.mixture import MixturePlan, Sample, TaskSuite, micro_batches, mixing_rates
 from tests.helpers import encode_texts_fn
 
@@ -286,7 +295,7 @@ def test_bad_flags_give_one_error_line(case, tmp_path, capsys):
 
 def _train(out, *extra, steps=3):
     from ds_prompt.config import build_config
-    from ds_prompt.spt.recipe import SPTConfig, train
+    from ds_prompt.recipes.spt import SPTConfig, train
     flags = dict(zip(BASE[::2], BASE[1::2]), **{"--tasks": "demo", "--lr": "0.05"})
     flags.update(dict(zip(extra[::2], extra[1::2])))
     flags = {k.lstrip("-"): v for k, v in flags.items()}
@@ -370,7 +379,7 @@ def test_train_backbone_saves_and_reloads_the_tuned_backbone(tmp_path):
     from safetensors.torch import load_file
 
     from ds_prompt.models.tiny import build_tiny
-    from ds_prompt.spt.recipe import evaluate_bank
+    from ds_prompt.recipes.spt import evaluate_bank
     metrics = _train(tmp_path / "full", "--train_backbone", "True", "--backbone_lr", "0.01", "--save_every", "0",
                      steps=2)
     tuned = load_file(str(tmp_path / "full" / "backbone.safetensors"))

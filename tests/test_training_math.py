@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from ds_prompt.config import TrainConfig, build_config
 from ds_prompt.data.encoding import BatchPlan
 from ds_prompt.engine.setup import build_scheduler
-from ds_prompt.engine.trainer import train
+from ds_prompt.recipes.prompt_tuning import train
 from tests.helpers import REPO
 from tests.test_engine import TINY, _flags, free_port
 
@@ -29,7 +29,8 @@ def test_batch_plan_is_world_size_independent_and_bucketed():
         micro = [m for r in range(world) for m in plan.micro_batches(batches[0], world, r, accum)]
         assert sorted(i for m in micro for i in m) == sorted(batches[0])
         assert {len(m) for m in micro} == {16 // (world * accum)}
-    padded = lambda bs: sum(max(lengths[i] for i in b) * len(b) for b in bs)
+    def padded(bs):
+        return sum(max(lengths[i] for i in b) * len(b) for b in bs)
     unbucketed = BatchPlan(lengths, 16, seed=3, bucket=False).epoch(0)
     assert padded(batches) < 0.8 * padded(unbucketed), "length bucketing should cut padding"
 

@@ -15,7 +15,7 @@ from ds_prompt.cli import main as cli_main
 from ds_prompt.errors import UserError
 from ds_prompt.models.shortcuts import full_forward
 from ds_prompt.transfer import indicators as ind
-from ds_prompt.transfer.activations import ffn_sites, record_ffn_activations
+from ds_prompt.transfer.activations import ffn_sites, prompted_ffn_activations
 from tests.helpers import REPO, SENTENCES, batch_of, prompted_tiny, subprocess_env
 
 ALL_ARCHS = ("bert", "bert_encoder", "roberta", "electra", "gpt2", "llama", "qwen2", "t5", "t5_gated")
@@ -115,31 +115,32 @@ def test_spearman_against_matrix():
 
 
 # ---- FFN activation recording ----------------------------------------------------------------------------------
-def _manual_ffn(site_name, hf_model, x):
+def _manual_ffn(site, hf_model, x):
     """The FFN intermediate computed by hand from the layer weights, x = the FFN block's input [B, T, d]."""
-    block = hf_model.get_submodule(site_name if site_name.endswith("intermediate") else site_name.rsplit(".", 1)[0])
-    cfg = hf_model.config
-    if site_name.endswith("intermediate"):
+    cfg, inputs = hf_model.config, site.ref.input_projections()
+    kind = site.ref.inputs
+    if kind == ("intermediate.dense",):
         assert cfg.hidden_act == "gelu"
-        return F.gelu(x @ block.dense.weight.T + block.dense.bias)
-    if site_name.endswith("mlp.act"):  # GPT-2 Conv1D: x @ W + b, W [in, out]; gelu_new = tanh GELU
+        return F.gelu(x @ inputs[0].weight.T + inputs[0].bias)
+    if kind == ("c_fc",):  # GPT-2 Conv1D: x @ W + b, W [in, out]; gelu_new = tanh GELU
         assert cfg.activation_function == "gelu_new"
-        return F.gelu(x @ block.c_fc.weight + block.c_fc.bias, approximate="tanh")
-    if site_name.endswith("mlp.down_proj"):
+        return F.gelu(x @ inputs[0].weight + inputs[0].bias, approximate="tanh")
+    if kind == ("gate_proj", "up_proj"):
         assert cfg.hidden_act == "silu"
-        return F.silu(x @ block.gate_proj.weight.T) * (x @ block.up_proj.weight.T)
-    if hasattr(block, "wi_0"):  # T5 gated-gelu
-        return F.gelu(x @ block.wi_0.weight.T, approximate="tanh") * (x @ block.wi_1.weight.T)
-    return F.relu(x @ block.wi.weight.T)
+        return F.silu(x @ inputs[0].weight.T) * (x @ inputs[1].weight.T)
+    if kind == ("wi_0", "wi_1"):  # T5 gated-gelu
+        return F.gelu(x @ inputs[0].weight.T, approximate="tanh") * (x @ inputs[1].weight.T)
+    assert kind == ("wi",)
+    return F.relu(x @ inputs[0].weight.T)
 
 
 def _ffn_inputs(bb, model, args, sites):
-    """{site name: the FFN block's input [B, T, d]}, captured in a separate forward."""
+    """{site name: the FFN block's input [B, T, d]} (the first input projection's input), captured in a separate
+    forward."""
     inputs, handles = {}, []
     for site in sites:
-        block_name = site.name if site.name.endswith("intermediate") else site.name.rsplit(".", 1)[0]
-        block = bb.model.get_submodule(block_name)
-        handles.append(block.register_forward_pre_hook(lambda m, a, name=site.name: inputs.__setitem__(name, a[0])))
+        first = site.ref.input_projections()[0]
+        handles.append(first.register_forward_pre_hook(lambda m, a, name=site.name: inputs.__setitem__(name, a[0])))
     with torch.no_grad(), full_forward(model):  # every position of every layer
         model(*args)
     for h in handles:
@@ -159,14 +160,14 @@ def test_recorded_activations_equal_manual_ffn_and_leave_output_unchanged(arch):
     inputs = _ffn_inputs(bb, model, args, sites)  # by hand from the FFN blocks' inputs, a separate forward
     seen = []
     top = model.register_forward_hook(lambda m, a, out: seen.append(out))
-    recorded = record_ffn_activations(model, *args, position=None, seq2seq_part="both")
-    at_zero = record_ffn_activations(model, *args, position=0, seq2seq_part="both")
+    recorded = prompted_ffn_activations(model, *args, position=None, seq2seq_part="both")
+    at_zero = prompted_ffn_activations(model, *args, position=0, seq2seq_part="both")
     top.remove()
     assert list(recorded) == [s.name for s in sites]
     keep = torch.cat([torch.ones(len(SENTENCES), 3, dtype=torch.long), batch["attention_mask"]], 1).bool()
     for site in sites:
         with torch.no_grad():
-            full = _manual_ffn(site.name, bb.model, inputs[site.name])
+            full = _manual_ffn(site, bb.model, inputs[site.name])
         expected = full[:, 0] if site.decoder else full[keep]
         torch.testing.assert_close(recorded[site.name], expected, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(at_zero[site.name], full[:, 0], rtol=1e-5, atol=1e-6)
@@ -195,9 +196,9 @@ def test_on_at_the_scoring_position_matches_hand_computed_masks(arch, neuron):
     gated = arch in ("llama", "qwen2", "t5_gated")
     if neuron == "gate" and not gated:
         with pytest.raises(UserError, match="--neuron gate needs a gated FFN"):
-            record_ffn_activations(model, *args, position="score", neuron=neuron)
+            prompted_ffn_activations(model, *args, position="score", neuron=neuron)
         return
-    recorded = record_ffn_activations(model, *args, position="score", neuron=neuron)
+    recorded = prompted_ffn_activations(model, *args, position="score", neuron=neuron)
     sites = ffn_sites(bb.model, "decoder")
     inputs = _ffn_inputs(bb, model, args, sites)
     rows = torch.arange(len(SENTENCES))
@@ -206,16 +207,16 @@ def test_on_at_the_scoring_position_matches_hand_computed_masks(arch, neuron):
         x = inputs[site.name]
         with torch.no_grad():
             if neuron == "gate":
-                block = bb.model.get_submodule(site.name.rsplit(".", 1)[0])
-                full = x @ (block.wi_0 if hasattr(block, "wi_0") else block.gate_proj).weight.T
+                assert site.ref.inputs[0] in ("wi_0", "gate_proj")
+                full = x @ site.ref.input_projections()[0].weight.T
             else:
-                full = _manual_ffn(site.name, bb.model, x)
+                full = _manual_ffn(site, bb.model, x)
         expected = full[:, 0] if site.decoder else full[rows, _hand_scoring_rows(bb, batch, 3)]
         torch.testing.assert_close(recorded[name], expected, rtol=1e-5, atol=1e-6)
         assert torch.equal(ind.neuron_masks({name: recorded[name]})[name], expected > 0)
     if arch.startswith("t5"):
         with pytest.raises(UserError, match="first decoding step"):
-            record_ffn_activations(model, *args, position="score", seq2seq_part="both")
+            prompted_ffn_activations(model, *args, position="score", seq2seq_part="both")
 
 
 def test_scoring_position_differs_from_the_first_prompt_vector_on_a_causal_lm():
@@ -246,7 +247,7 @@ def test_mlm_probe_without_samples_has_a_mask_slot():
 def test_t5_uses_decoder_ffn_at_first_step_by_default():
     bb, model, enc = prompted_tiny("t5", prompt_length=3)
     _, batch = batch_of(bb, enc, SENTENCES[:2])
-    acts = record_ffn_activations(model, batch["input_ids"], batch["attention_mask"], batch["score_index"])
+    acts = prompted_ffn_activations(model, batch["input_ids"], batch["attention_mask"], batch["score_index"])
     assert all(name.startswith("decoder.") and a.shape == (2, 64) for name, a in acts.items())
     with pytest.raises(UserError, match="--ffn_part"):
         ffn_sites(bb.model, "middle")
@@ -258,9 +259,9 @@ def test_neuron_recorder_with_task_text_samples():
     probe = ind.NeuronProbe(task="demo", samples=3)
     recorder = ind.NeuronRecorder(bb, probe, prompt_length=4)
     masks = recorder.masks(torch.randn(4, 32))
-    assert list(masks) == ["transformer.h.0.mlp.act", "transformer.h.1.mlp.act"]
+    assert list(masks) == ["transformer.h.0", "transformer.h.1"]  # layer names, as models.ffn names them
     assert all(m.shape == (3, 64) and m.dtype == torch.bool for m in masks.values())
-    assert recorder.masks(torch.randn(2, 32))["transformer.h.0.mlp.act"].shape == (3, 64)  # shorter prompt
+    assert recorder.masks(torch.randn(2, 32))["transformer.h.0"].shape == (3, 64)  # shorter prompt
     with pytest.raises(UserError, match="d=16"):
         recorder.masks(torch.randn(4, 16))
 
@@ -316,7 +317,7 @@ def test_transfer_matrix_cli_writes_csv_and_heatmap(tmp_path, arch):
     assert all(0 <= float(r["accuracy"]) <= 1 for r in rows)
     assert (out / "matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the same prompt evaluated through the ordinary `evaluate` path agrees
-    from ds_prompt.engine.inference import evaluate_prompt
+    from ds_prompt.recipes.inference import evaluate_prompt
     direct = evaluate_prompt(p1, task="rte", data_dir=data, output_dir=str(tmp_path / "e"))
     cell = next(r for r in rows if r["source"] == "sst2" and r["target"] == "rte")
     assert float(cell["accuracy"]) == pytest.approx(direct["accuracy"])
@@ -382,9 +383,9 @@ def test_projector_gradients_reach_only_the_projector(target):
 
 
 def test_projector_train_apply_then_evaluate_and_init(tmp_path):
-    from ds_prompt.engine.inference import evaluate_prompt
     from ds_prompt.models.soft_prompt import init_prompt_tensor
     from ds_prompt.models.tiny import build_tiny
+    from ds_prompt.recipes.inference import evaluate_prompt
     src = make_prompt(tmp_path / "src", "demo", arch="bert")
     out = tmp_path / "proj"
     rc = cli_main(["projector", "train", "--source_model", "tiny:bert", "--target_model", "tiny:gpt2",
@@ -411,7 +412,7 @@ def test_projector_train_apply_then_evaluate_and_init(tmp_path):
     assert cli_main(["projector", "apply", "--projector", str(out), "--prompt", wrong,
                      "--output_dir", str(tmp_path / "w")]) == 2
     with pytest.raises(UserError, match="was trained on tiny:bert, not --source_model tiny:t5"):
-        from ds_prompt.transfer.projector import ProjectorTrainConfig, train_projector
+        from ds_prompt.recipes.projector import ProjectorTrainConfig, train_projector
         train_projector(ProjectorTrainConfig(source_model="tiny:t5", target_model="tiny:gpt2", prompts=src))
 
 
@@ -557,8 +558,8 @@ def test_train_init_library_best_starts_from_the_top_prompt(tmp_path):
     """`train --init library:DIR#best` starts from the recommended entry: the trainer resolves the spec (the
     model layer refuses an unresolved one: it does not read libraries)."""
     from ds_prompt.config import TrainConfig, build_config
-    from ds_prompt.engine.trainer import train
     from ds_prompt.models import soft_prompt
+    from ds_prompt.recipes.prompt_tuning import train
     from ds_prompt.transfer.library import add_to_library, save_recommendation
     lib = str(tmp_path / "lib")
     add_to_library(make_prompt(tmp_path / "sst2", "sst2"), lib)

@@ -438,7 +438,8 @@ def _hub_dataset(task: TaskSpec, split: str, hub_split: str, source: str):
         file_split = task.eval_split if split == EVAL_ALIAS else split  # the file local loading would read
         raise UserError(
             f"could not load {source} from the Hugging Face hub ({type(err).__name__}: {reason}); offline? pass "
-            f"--data_dir <root> holding {task.name}/{file_split}.jsonl with fields {', '.join(task.text_fields)}, label "
+            f"--data_dir <root> holding {task.name}/{file_split}.jsonl with fields "
+            f"{', '.join(task.text_fields)}, label "
             f"({', '.join(task.labels)})"
         ) from None
 

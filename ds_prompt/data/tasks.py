@@ -23,6 +23,8 @@ import string
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import yaml
+
 from ds_prompt.errors import UserError, require
 
 # Metrics every evaluation reports (engine.evaluate); a task's `metric` names its headline one: accuracy for
@@ -220,7 +222,6 @@ def use_task(value) -> TaskSpec:
         path = Path(value).expanduser()
         require(path.is_file(), f"task file '{value}' does not exist: pass a task name or a .yaml/.json task file")
         try:
-            import yaml
             data = yaml.safe_load(path.read_text(encoding="utf-8"))  # YAML is a superset of JSON
         except Exception as exc:  # yaml's own error types
             raise UserError(f"task file '{path}' cannot be parsed ({type(exc).__name__}): fix its syntax") from None
@@ -376,7 +377,6 @@ def _hub_columns(value: object, label: str) -> tuple[tuple[str, str], ...]:
 
 def _builtin_tasks() -> list[TaskSpec]:
     """The built-in tasks: data (builtin_tasks.yaml, package data), read the way a user's task file is."""
-    import yaml
     text = (Path(__file__).parent / "builtin_tasks.yaml").read_text(encoding="utf-8")
     return [task_from_dict(d) for d in yaml.safe_load(text)]
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sys
 
+from tqdm.auto import tqdm
+
 from ds_prompt.dist import is_rank0
 
 
@@ -21,7 +23,6 @@ class RunLogger:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(tb_dir)
         if progress:
-            from tqdm.auto import tqdm
             self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
                             file=sys.stderr)
 

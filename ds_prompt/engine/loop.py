@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from ds_prompt import dist
 from ds_prompt.config import LoopArgs, config_dict
 from ds_prompt.engine import state as ckpt
-from ds_prompt.errors import UserError
 from ds_prompt.engine.progress import check_stop
+from ds_prompt.errors import UserError
 from ds_prompt.faults import fault_point
 
 MicroBatches = Callable[[int], Iterable[tuple[dict, float]]]  # step -> (cpu batch with "labels", tokens)

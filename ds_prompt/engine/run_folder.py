@@ -22,8 +22,10 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from ds_prompt.data.loading import resolve_data_dir, split_sources
 from ds_prompt.errors import UserError
 from ds_prompt.io import ensure_writable_dir, write_json
+from ds_prompt.models.gguf import SMOLLM2, file_sha256, is_gguf, locate_smollm2
 
 RUN_FILE, LOCK_FILE = "run.json", ".lock"
 FORMAT = "ds_prompt.run/1"
@@ -160,7 +162,6 @@ def _file_digest(path: Path, head: int = 1 << 16) -> str:
 def backbone_fingerprint(model: str) -> str:
     """What identifies the weights behind `--model`: a GGUF's sha256, a local folder's config and weight files,
     else the name (hub ids, `minilm`, `tiny:<arch>`)."""
-    from ds_prompt.models.gguf import SMOLLM2, file_sha256, is_gguf, locate_smollm2
     if model == SMOLLM2:
         return "sha256:" + file_sha256(locate_smollm2())
     path = Path(model)
@@ -174,7 +175,6 @@ def backbone_fingerprint(model: str) -> str:
 
 def data_fingerprint(task, data_dir: str | None) -> dict:
     """{split: file and digest} of the task's local files, or the hub dataset it comes from."""
-    from ds_prompt.data.loading import resolve_data_dir, split_sources
     folder = resolve_data_dir(task, data_dir)
     if folder is None:
         return {"hub": f"{task.hub_path}:{task.hub_config}"}

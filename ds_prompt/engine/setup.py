@@ -11,7 +11,12 @@ from pathlib import Path
 
 import torch
 
+from ds_prompt import dist
+from ds_prompt.config import CHOICES
+from ds_prompt.engine.run_folder import claim
 from ds_prompt.errors import UserError
+from ds_prompt.io import ensure_writable_dir
+from ds_prompt.models.backbone import resolve_dtype
 
 # The repository's ds_configs/ folder, installed as the package data of ds_prompt.ds_configs.
 CONFIG_DIR = Path(str(importlib.resources.files("ds_prompt.ds_configs")))
@@ -44,7 +49,9 @@ def init_distributed() -> None:
 
 
 def device() -> torch.device:
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
 
 
 def load_ds_config(name_or_path: str | None) -> dict:
@@ -87,8 +94,6 @@ def load_ds_config(name_or_path: str | None) -> dict:
 def start_run(out: str, seed: int) -> str:
     """Every rank: join the process group, have rank 0 create `out` (UserError if unwritable) before anyone
     goes on, and seed torch. Returns `out`."""
-    from ds_prompt import dist
-    from ds_prompt.io import ensure_writable_dir
     init_distributed()
     dist.on_rank0(ensure_writable_dir, out)
     dist.barrier()
@@ -99,8 +104,6 @@ def start_run(out: str, seed: int) -> str:
 def claim_output_dir(out: str, recipe: str, identity: dict, max_steps: int, resume: bool, overwrite: bool):
     """Every rank: rank 0 claims `out` for this run (`engine.run_folder.claim`: lock, identity, resume rules)
     and every rank raises the same UserError if it cannot. Returns rank 0's RunFolder (None elsewhere)."""
-    from ds_prompt import dist
-    from ds_prompt.engine.run_folder import claim
     folder, error, failure = None, None, None
     if dist.is_rank0():
         try:
@@ -132,11 +135,11 @@ def run_in_claimed_folder(out: str, recipe: str, identity: dict, max_steps: int,
     return result
 
 
-def ds_config_for(cfg) -> dict:
-    """The DeepSpeed config `cfg.deepspeed` names, filled from the run's batch/accumulation/clipping flags."""
-    from ds_prompt import dist
-    return fill_ds_config(load_ds_config(cfg.deepspeed), cfg.batch_size, cfg.grad_accum, cfg.grad_clip,
-                          dist.world_size(), getattr(cfg, "dtype", None))
+def ds_config_for(deepspeed: str | None, *, batch_size: int, grad_accum: int, grad_clip: float,
+                  dtype: str | None) -> dict:
+    """The DeepSpeed config `deepspeed` (--deepspeed) names, filled from the run's batch/accumulation/clipping
+    flags and --dtype at this world size."""
+    return fill_ds_config(load_ds_config(deepspeed), batch_size, grad_accum, grad_clip, dist.world_size(), dtype)
 
 
 def fill_ds_config(config: dict, batch_size: int, grad_accum: int, grad_clip: float, world: int,
@@ -157,7 +160,6 @@ def fill_ds_config(config: dict, batch_size: int, grad_accum: int, grad_clip: fl
             raise UserError(f"the DeepSpeed config sets {key} {config[key]} but {flags[key]} gives {value}: set it "
                             f"to \"auto\" (ds_prompt fills it from the flags) or change the flag")
     config.update(wanted, gradient_clipping=grad_clip)
-    from ds_prompt.models.backbone import resolve_dtype
     precision = resolve_dtype(dtype)
     for key, wanted_dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
         block = dict(config.get(key) or {})
@@ -216,7 +218,6 @@ def build_scheduler(name: str, optimizer, warmup_steps: int, max_steps: int):
     (transformers' convention); `constant` with warmup is transformers' `constant_with_warmup`."""
     from transformers import get_scheduler
 
-    from ds_prompt.config import CHOICES
     if name not in CHOICES["scheduler"]:
         raise UserError(f"unknown --scheduler '{name}': use one of {', '.join(CHOICES['scheduler'])}")
     if name == "constant" and warmup_steps:

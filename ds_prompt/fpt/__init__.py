@@ -8,8 +8,7 @@ optimizer state across every expansion.
 - `scheduler`: one DeepSpeed job per stage, ledger + resume, fpt_report.json
 """
 from ds_prompt.fpt.flops import LengthStats, ModelShape, flops_fraction, step_flops
-from ds_prompt.fpt.partial import (PartialModelSpec, apply_partial, evenly_select_layers, neuron_scores,
-                                   top_neurons)
+from ds_prompt.fpt.partial import PartialModelSpec, apply_partial, evenly_select_layers, neuron_scores, top_neurons
 from ds_prompt.fpt.plan import Stage, StagePlan, load_plan, preset_plan
 from ds_prompt.fpt.scheduler import run_fpt
 

@@ -27,11 +27,12 @@ def fpt(plan: str, config: str | None = None, launcher: str | None = None, reset
     PT's final accuracy (evaluate often, e.g. --eval_every 25, in both runs). All train flags apply
     (--model --task --data_dir --output_dir --batch_size --lr --deepspeed ...; see `ds-prompt train --help`);
     with a plan file the total steps are the plan's. Writes D/stage_<k>/ runs, D/fpt_ledger.json,
-    D/fpt_report.json (flops_fraction, curve, pt_comparison, per-stage list), D/tb and the final prompt. Re-running the same command resumes.
+    D/fpt_report.json (flops_fraction, curve, pt_comparison, per-stage list), D/tb and the final prompt.
+    Re-running the same command resumes.
     """
     from ds_prompt.config import TrainConfig, build_config
-    from ds_prompt.fpt.plan import PRESETS, load_plan
     from ds_prompt.fpt.launch import launcher_node_rank
+    from ds_prompt.fpt.plan import PRESETS, load_plan
     from ds_prompt.fpt.scheduler import run_fpt
     named = launcher_node_rank(launcher)
     node_rank = named if node_rank is None else node_rank
@@ -104,7 +105,7 @@ def _validate_before_launch(cfg) -> None:
 
 def fpt_stage(stage_file: str) -> None:
     """Run one FPT stage job (started by `ds-prompt fpt`; every rank of the job runs this)."""
-    from ds_prompt.fpt.stage import run_stage
+    from ds_prompt.recipes.fpt_stage import run_stage
     run_stage(stage_file)
 
 

@@ -33,7 +33,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ds_prompt.errors import UserError
+from ds_prompt.fpt.partial import PartialModelSpec
 from ds_prompt.models.family import Family
+from ds_prompt.models.ffn import ffn_layers, layer_stacks
 
 BACKWARD_CONVENTIONS = ("activations", "standard")
 
@@ -77,7 +79,6 @@ class ModelShape:
     @classmethod
     def from_model(cls, model, family: Family, num_classes: int = 2) -> "ModelShape":
         """Shape of a loaded HF model (read before any partial transform for the full model's)."""
-        from ds_prompt.models.ffn import ffn_layers, layer_stacks
         cfg = model.config
         d = cfg.hidden_size  # not the embedding width: ELECTRA projects smaller embeddings up
         heads = cfg.num_attention_heads
@@ -200,7 +201,6 @@ def step_flops(shape: ModelShape, lengths: LengthStats, batch_size: int, depth=1
     model (depth, width) of the full model `shape` — see `PartialModelSpec` for their meaning.
     `layers_only` leaves out the head (a cost model of the transformer layers alone); `shortcuts` counts
     what the exact shortcuts compute instead of the full forward (module docstring)."""
-    from ds_prompt.fpt.partial import PartialModelSpec
     spec = PartialModelSpec(depth, width)
     per_example = LayerFlops(2 * lengths.mean * shape.input_proj_params, 0.0).step(backward)
     scoring_stack = None if shape.seq2seq or shape.family is Family.ENCODER else list(shape.layers)[-1]

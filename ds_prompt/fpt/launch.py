@@ -7,18 +7,17 @@ import ctypes.util
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-
 
 from ds_prompt.errors import UserError
 from ds_prompt.fpt.names import DIST_LAUNCHERS, GROUP_ENV
 
 
 def _free_port() -> int:
-    import socket
     with socket.socket() as s:
         s.bind(("", 0))
         return s.getsockname()[1]

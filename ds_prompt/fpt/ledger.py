@@ -4,13 +4,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 from ds_prompt.config import TrainConfig, config_dict
 from ds_prompt.errors import UserError
+from ds_prompt.fpt.names import FINGERPRINT_SKIP, LEDGER_FORMAT
 from ds_prompt.fpt.plan import StagePlan
 from ds_prompt.io import write_json
-from ds_prompt.fpt.names import FINGERPRINT_SKIP, LEDGER_FORMAT
-
 
 # ------------------------------------------------------------------------------ scheduler side (one process)
 

@@ -10,7 +10,7 @@ A partial model is built IN PLACE from the loaded frozen full model, sharing its
   only the kept k/d_ff of each FFN weight is copied and the full FFN weight is freed. Selections are nested:
   every width takes the top-k of the SAME score vector (stable sort, so ties cannot break nesting).
 
-ZeRO-3: `ds_prompt.engine.trainer.train(model_transform=...)` calls the transform on the freshly loaded,
+ZeRO-3: `ds_prompt.recipes.prompt_tuning.train(model_transform=...)` calls the transform on the freshly loaded,
 unpartitioned backbone, BEFORE deepspeed.initialize, so DeepSpeed partitions the (smaller) partial model.
 If parameters are already partitioned (they carry `ds_id`, e.g. a model built under deepspeed.zero.Init),
 `slice_ffn` gathers each FFN's weights with `ds_prompt.dist.gathered` (collective: all ranks apply the same

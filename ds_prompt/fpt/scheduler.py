@@ -1,8 +1,8 @@
 """The FPT stage scheduler: every stage is its own DeepSpeed job; a ledger makes the whole run resumable.
 
-Split by job: stage.py (one stage job: the partial model, then the trainer), ledger.py (finished stages and the
-run's identity), launch.py (starting and supervising stage processes), names.py (file names); this module is
-the run loop.
+Split by job: stage.py (a stage's job file and its partial-model transform; the stage process itself is the
+recipe ds_prompt.recipes.fpt_stage), ledger.py (finished stages and the run's identity), launch.py (starting
+and supervising stage processes), names.py (file names); this module is the run loop.
 
 Layout under D = --output_dir:
   D/stage_<k>/              stage k's run (checkpoints/, tb/, metrics.json, prompt.*) + fpt_job.json (its job)
@@ -34,20 +34,19 @@ import threading
 import time
 from pathlib import Path
 
-
 from ds_prompt.config import TrainConfig, config_dict
+from ds_prompt.engine.progress import on_sigterm
+from ds_prompt.engine.run_folder import take_lock
 from ds_prompt.errors import UserError
 from ds_prompt.faults import fault_point
 from ds_prompt.fpt.flops import BACKWARD_CONVENTIONS, LengthStats, ModelShape, step_flops
-from ds_prompt.fpt.plan import StagePlan
-from ds_prompt.engine.progress import on_sigterm
-from ds_prompt.engine.run_folder import take_lock
-from ds_prompt.fpt.report import build_report, compare_with_pt, write_tensorboard
-from ds_prompt.io import atomic_path, ensure_writable_dir, write_json
 from ds_prompt.fpt.launch import run_job, stage_command
 from ds_prompt.fpt.ledger import Ledger
 from ds_prompt.fpt.names import ARTIFACTS, JOB_FILE, LEDGER, REPORT, SCORES, STAGE_INFO, stage_dir
+from ds_prompt.fpt.plan import StagePlan
+from ds_prompt.fpt.report import build_report, compare_with_pt, write_tensorboard
 from ds_prompt.fpt.stage import StageJob
+from ds_prompt.io import atomic_path, ensure_writable_dir, write_json
 
 
 def _stage_config(cfg: TrainConfig, root: Path, index: int, plan: StagePlan) -> TrainConfig:

@@ -1,4 +1,5 @@
-"""One FPT stage job: the stage's partial model (depth, FFN width) built from its job file, then the trainer."""
+"""One FPT stage's pieces: its job file (`StageJob`) and the model transform that makes the backbone the
+stage's partial model (`StageTransform`); recipes.fpt_stage runs them through prompt tuning."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,15 +9,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from ds_prompt import dist
-from ds_prompt.config import TrainConfig, build_config
+from ds_prompt.builders import build_prompted
+from ds_prompt.config import TrainConfig
+from ds_prompt.data.encoding import TemplateEncoder, collate
+from ds_prompt.data.loading import load_examples
+from ds_prompt.data.tasks import get_task
+from ds_prompt.engine import state as ckpt
+from ds_prompt.engine.setup import device
 from ds_prompt.errors import UserError
 from ds_prompt.fpt.flops import LengthStats, ModelShape
+from ds_prompt.fpt.names import LENGTH_SAMPLE, STAGE_INFO
 from ds_prompt.fpt.partial import PartialModelSpec, apply_partial, neuron_scores
 from ds_prompt.io import write_json, write_tensors
-from ds_prompt.fpt.names import LENGTH_SAMPLE, STAGE_INFO
-
+from ds_prompt.models.family import Family
 
 # ------------------------------------------------------------------------------------ stage side (one job)
 
@@ -54,7 +62,6 @@ class StageTransform:
         self.cfg, self.job = cfg, job
 
     def __call__(self, backbone) -> None:
-        from ds_prompt.data.tasks import get_task
         task = get_task(self.cfg.task)
         # Scoring must not move the global RNG the trainer seeded (the run must equal a plain one).
         with torch.random.fork_rng(devices=[]):
@@ -69,8 +76,6 @@ class StageTransform:
             "partial": info.to_dict(), "world_size": dist.world_size()})
 
     def _encoded_sample(self, backbone, task) -> list:
-        from ds_prompt.data.encoding import TemplateEncoder
-        from ds_prompt.data.loading import load_examples
         cfg = self.cfg
         examples = load_examples(task, "train", cfg.data_dir, limit=cfg.train_limit, seed=cfg.seed)
         n = min(len(examples), max(LENGTH_SAMPLE, self.job.score_samples))
@@ -79,7 +84,6 @@ class StageTransform:
         return [encoder.encode(e) for e in sample]
 
     def _scores(self, backbone, task, encoded) -> dict[str, torch.Tensor]:
-        from safetensors.torch import load_file
         path = Path(self.job.scores_path)
         if dist.broadcast_object(path.is_file()):  # rank 0 decides, so every rank takes the same branch
             return load_file(str(path))
@@ -91,7 +95,6 @@ class StageTransform:
 
     def _current_prompt(self):
         """The prompt at the start of this stage: the previous stage's, else the run's initial prompt spec."""
-        from ds_prompt.engine import state as ckpt
         if not self.cfg.init_state:
             return self.cfg.init
         tensors, _ = ckpt.load_latest(self.cfg.init_state) or (None, None)
@@ -104,10 +107,6 @@ class StageTransform:
         """Mean |FFN activation| per neuron with the current prompt. Every rank scores every sample (a
         forward pass over ~1000 samples is small next to training, and a partitioned backbone needs all ranks
         in every forward anyway); rank 0's scores are broadcast so all ranks select the same neurons."""
-        from ds_prompt.builders import build_prompted
-        from ds_prompt.data.encoding import collate
-        from ds_prompt.engine.setup import device
-        from ds_prompt.models.family import Family
         cfg = self.cfg
         home, work = next(backbone.model.parameters()).device, device()
         # Score on the accelerator. ZeRO-3 partitions and quantized weights already live there.
@@ -125,11 +124,3 @@ class StageTransform:
         if movable:
             backbone.model.to(home)
         return scores
-
-
-def run_stage(stage_file: str) -> dict:
-    """Run one stage (every rank of the stage job calls this). Returns the trainer's metrics."""
-    from ds_prompt.engine.trainer import train
-    job = StageJob.load(stage_file)
-    cfg = build_config(TrainConfig, None, **job.train)
-    return train(cfg, model_transform=StageTransform(cfg, job))

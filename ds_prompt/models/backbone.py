@@ -2,6 +2,7 @@
 packaged SmolLM2-135M (``smollm2``, a GGUF) or ``tiny:<arch>``."""
 from __future__ import annotations
 
+import ctypes
 import os
 from dataclasses import dataclass
 
@@ -63,7 +64,6 @@ def _release_freed_memory() -> None:
     memory mapped (0.44B-parameter nf4 Llama on CPU: 1.7 GiB resident after loading, 0.8 GiB after the trim).
     Hand it back to the OS so the host has it for activations, data and other ranks."""
     try:
-        import ctypes
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to trim
         pass

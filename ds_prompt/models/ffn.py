@@ -13,7 +13,8 @@ indicators). Locations, checked against transformers 5.23 (paths under `model.ba
 The *activation* of an FFN is its intermediate [..., d_ff] after the nonlinearity (gated FFNs: act(gate) * up),
 i.e. exactly the input of the output projection; `record_ffn_activations` reads it there with a forward
 pre-hook, so one hook point serves every architecture (dropout before the output projection is inactive in
-the frozen, eval-mode backbone).
+the frozen, eval-mode backbone). This is the one table of FFN locations: FPT's neuron scores and slicing and the
+transfer indicators' activated neurons (transfer.activations) all read it.
 
 Linear weights are [out, in]; GPT-2's Conv1D weights are transposed ([in, out], forward x @ W + b).
 """
@@ -118,6 +119,7 @@ class FFNRef:
     block: nn.Module
     inputs: tuple[str, ...]
     output: str
+    role: str                  # its stack's role: 'encoder' or 'decoder' (see LayerStack)
 
     @property
     def name(self) -> str:
@@ -162,23 +164,39 @@ def ffn_layers(model: nn.Module) -> list[FFNRef]:
     for stack in layer_stacks(model):
         for i, layer in enumerate(stack.layers):
             block, inputs, output = _ffn_layout(_unwrapped(layer))
-            refs.append(FFNRef(stack.path, i, block, inputs, output))
+            refs.append(FFNRef(stack.path, i, block, inputs, output, stack.role))
     return refs
 
 
+NEURON_VALUES = ("product", "gate")
+
+
 @contextlib.contextmanager
-def record_ffn_activations(model: nn.Module, refs: list[FFNRef] | None = None,
-                           detach: bool = True) -> Iterator[dict[str, torch.Tensor]]:
+def record_ffn_activations(model: nn.Module, refs: list[FFNRef] | None = None, detach: bool = True,
+                           neuron: str = "product", keep=None) -> Iterator[dict[str, torch.Tensor]]:
     """Inside the block, each forward stores every FFN's intermediate activation [batch, seq, d_ff] in the
-    yielded dict under `ref.name` (a later forward overwrites it). Hooks are removed on exit."""
+    yielded dict under `ref.name` (a later forward overwrites it). Hooks are removed on exit.
+
+    neuron="product" (default): the input of the output projection, act(x W1) or, gated, act(gate) * up;
+    neuron="gate": the gate projection's output of a gated FFN (UserError for a plain FFN). `keep(ref, acts)`,
+    if given, is stored instead of `acts` (e.g. one position per row, so the whole sequence is never held)."""
+    if neuron not in NEURON_VALUES:
+        raise UserError(f"--neuron '{neuron}' is unknown: use one of {', '.join(NEURON_VALUES)}")
     refs = ffn_layers(model) if refs is None else refs
+    if neuron == "gate" and not all(ref.gated for ref in refs):
+        raise UserError(f"--neuron gate needs a gated FFN, but {type(model).__name__} has none: use "
+                        f"--neuron product")
     store: dict[str, torch.Tensor] = {}
 
-    def hook_for(name):
-        def hook(_module, args):
-            store[name] = args[0].detach() if detach else args[0]
-        return hook
-    handles = [ref.output_projection().register_forward_pre_hook(hook_for(ref.name)) for ref in refs]
+    def put(ref: FFNRef, acts: torch.Tensor) -> None:
+        acts = acts.detach() if detach else acts
+        store[ref.name] = acts if keep is None else keep(ref, acts)
+    if neuron == "product":
+        handles = [ref.output_projection().register_forward_pre_hook(lambda _m, args, ref=ref: put(ref, args[0]))
+                   for ref in refs]
+    else:
+        handles = [ref.input_projections()[0].register_forward_hook(lambda _m, _a, out, ref=ref: put(ref, out))
+                   for ref in refs]
     try:
         yield store
     finally:

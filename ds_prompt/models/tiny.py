@@ -6,10 +6,24 @@ tokenizer of the packaged all-MiniLM-L6-v2, so no hub access is needed. Use ``--
 from __future__ import annotations
 
 import torch
-from transformers import (AutoTokenizer, BertConfig, BertForMaskedLM, BertModel, ElectraConfig,
-                          ElectraForMaskedLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
-                          Qwen2Config, Qwen2ForCausalLM, RobertaConfig, RobertaForMaskedLM, T5Config,
-                          T5ForConditionalGeneration)
+from transformers import (
+    AutoTokenizer,
+    BertConfig,
+    BertForMaskedLM,
+    BertModel,
+    ElectraConfig,
+    ElectraForMaskedLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    RobertaConfig,
+    RobertaForMaskedLM,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
 from ds_prompt.errors import UserError
 from ds_prompt.models.packaged import packaged_minilm_path

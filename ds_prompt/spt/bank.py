@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ds_prompt.builders import pooled_text_embeddings
+from ds_prompt.config import InitSpec
 from ds_prompt.dist import gathered
 from ds_prompt.errors import require
 from ds_prompt.kernels.topk_retrieval import topk_retrieval
@@ -31,12 +33,22 @@ from ds_prompt.models.family import Family
 from ds_prompt.models.heads import LabelWordHead, head_transform
 from ds_prompt.models.prompted import PromptedModel, build_head
 from ds_prompt.models.soft_prompt import init_prompt_tensor
-# The configuration and the artifact files live in bank_config.py and bank_io.py (re-exported here).
-from ds_prompt.spt.bank_config import (MAX_INSTRUCTION_TOKENS, BankConfig, Combine, KeyInit,  # noqa: F401
-                                       Pooling, QueryProjection, QuerySource, Similarity, TaskPromptKind,
-                                       UnseenPrompt, parse_choice)
-from ds_prompt.spt.bank_io import BANK_FILE, BANK_META, FORMAT, load_bank, save_bank  # noqa: F401
 
+# The configuration and the artifact files live in bank_config.py and bank_io.py (re-exported here).
+from ds_prompt.spt.bank_config import (  # noqa: F401
+    MAX_INSTRUCTION_TOKENS,
+    BankConfig,
+    Combine,
+    KeyInit,
+    Pooling,
+    QueryProjection,
+    QuerySource,
+    Similarity,
+    TaskPromptKind,
+    UnseenPrompt,
+    parse_choice,
+)
+from ds_prompt.spt.bank_io import BANK_FILE, BANK_META, FORMAT, load_bank, save_bank  # noqa: F401
 
 # ------------------------------------------------------------------------------------------------ modules
 
@@ -214,7 +226,6 @@ class SPTModel(PromptedModel):
 def build_spt_model(backbone, cfg: BankConfig, tasks: list, head: str = "auto") -> SPTModel:
     """An SPTModel over `backbone` (a ds_prompt Backbone) for `tasks` (TaskSpecs in task-id order: the
     cfg.num_tasks seen tasks first). Parameters start at zero: see `init_spt_prompt` / `load_state`."""
-    from ds_prompt.builders import pooled_text_embeddings
     require(backbone.d_model == cfg.d_model,
             f"the bank has d={cfg.d_model} but model {backbone.name} has d={backbone.d_model}: use the bank's "
             f"backbone or train a new bank")
@@ -253,7 +264,7 @@ def init_spt_prompt(prompt: SPTPrompt, init: str, key_init: str, tokenizer, inst
     N slots, plus 10% Gaussian noise (so slots starting from the same prompt diverge); `normal` = Gaussian.
     Cosine keys are rescaled to unit RMS per coordinate; dot keys keep the query scale (normal: std 0.02)."""
     cfg, emb = prompt.cfg, prompt.query.embedding
-    require(init.partition(":")[0] in ("normal", "uniform", "vocab", "text"),
+    require(InitSpec.parse(init).kind in ("normal", "uniform", "vocab", "text"),
             f"--init '{init}' is not supported by SPT: use normal[:std], uniform, vocab or text:WORDS "
             f"(start from a trained bank with --init_bank)")
     values = init_prompt_tensor(init, cfg.size * cfg.memory_length, emb, tokenizer, seed)

@@ -5,7 +5,6 @@ Merged into `ds-prompt` by ds_prompt.cli. Runs under the DeepSpeed launcher too:
 """
 from __future__ import annotations
 
-
 from ds_prompt import dist
 from ds_prompt.errors import UserError
 
@@ -48,8 +47,8 @@ def train(config: str | None = None, **flags) -> None:
     prints per-task accuracy. See docs/spt.md.
     """
     from ds_prompt.config import build_config, load_config_file
-    from ds_prompt.spt.recipe import SPTConfig, format_table
-    from ds_prompt.spt.recipe import train as run
+    from ds_prompt.recipes.spt import SPTConfig, format_table
+    from ds_prompt.recipes.spt import train as run
     values = load_config_file(config) if config else {}
     values.update({k: v for k, v in flags.items() if v is not None})  # flags win over the file
     for flag in ("tasks", "heldout"):
@@ -72,7 +71,7 @@ def evaluate(bank: str, tasks=None, data_dir: str | None = None, limit: int | No
     A task's accuracy is the mean over its discrete prompts. Prints a table and writes spt_eval.json into
     --output_dir (default: the bank folder).
     """
-    from ds_prompt.spt.recipe import evaluate_bank, format_table
+    from ds_prompt.recipes.spt import evaluate_bank, format_table
     record = evaluate_bank(bank, _name_list(tasks, "tasks"), data_dir, limit, batch_size, output_dir, model, dtype)
     dist.on_rank0(print, format_table(record["results"]))
     dist.on_rank0(print, f"held-out mean {_fmt(record['heldout_mean'])}, seen mean {_fmt(record['seen_mean'])}")

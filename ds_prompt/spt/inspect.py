@@ -11,9 +11,11 @@ from pathlib import Path
 
 import torch
 
+from ds_prompt.data.encoding import collate
 from ds_prompt.data.loading import load_examples
 from ds_prompt.errors import require
 from ds_prompt.io import write_json
+from ds_prompt.recipes.spt import load_trained
 from ds_prompt.spt.bank import BankConfig, QuerySource, SPTModel, load_bank
 from ds_prompt.spt.mixture import TaskSuite
 
@@ -45,7 +47,6 @@ def _query_inputs(suite: TaskSuite, task: int, cfg: BankConfig) -> dict[str, tor
     encoded = suite.eval_encoded(task)
     require(encoded, f"query_source=instruction+input needs examples of task {suite.tasks[task].spec.name} to "
                      f"inspect: pass --data_dir")
-    from ds_prompt.data.encoding import collate
     batch = collate(encoded, suite.pad_id, suite.left_pad)
     return {"query_input_ids": batch["input_ids"], "query_input_mask": batch["attention_mask"]}
 
@@ -75,7 +76,6 @@ def inspect_bank(bank: str, tasks: list[str] | None = None, output: str | None =
                  limit: int = 32, dtype: str = "auto") -> dict:
     """Heatmap of the slots each (task, discrete prompt) retrieves from `bank`; default tasks: the bank's seen
     and held-out tasks. Writes `output` (default <bank>/retrieval.png) and retrieval.json beside it."""
-    from ds_prompt.spt.recipe import load_trained
     _, meta = load_bank(bank)
     wanted = tasks or (meta["tasks"] + meta["heldout"])
     spt, backbone, meta, specs, ids = load_trained(bank, wanted, dtype=dtype)

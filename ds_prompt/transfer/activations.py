@@ -1,11 +1,9 @@
 """FFN intermediate activations of a prompted frozen model, recorded with forward hooks (every layer, any family).
 
-The FFN intermediate is the vector between the two FFN matrices, after the nonlinearity (REFERENCE §1):
-- BERT / RoBERTa / ELECTRA / MiniLM: output of `...layer.N.intermediate` (dense + activation);
-- GPT-2: output of `...h.N.mlp.act`;
-- Llama / Qwen2 / Mistral: input of `...layers.N.mlp.down_proj`, i.e. act(gate_proj(x)) * up_proj(x);
-- T5 (ReLU or gated): input of `...block.N.layer.K.DenseReluDense.wo`; the decoder FFNs by default (at the first
-  decoding step, the position PromptedModel scores), the encoder FFNs optionally.
+The FFN intermediate is the vector between the two FFN matrices, after the nonlinearity (REFERENCE §1): the
+input of each layer's output projection (BERT-like `output.dense`, GPT-2 `c_proj`, Llama-like `down_proj`, T5
+`wo`; gated FFNs: act(gate_proj(x)) * up_proj(x)). For T5, the decoder FFNs by default (at the first decoding
+step, the position PromptedModel scores), the encoder FFNs optionally.
 
 Which value is binarized for a gated FFN (Llama/Qwen2/Mistral, gated T5), `neuron`:
 - "product" (default): act(gate_proj(x)) * up_proj(x), the vector the down projection reads (the value that
@@ -21,8 +19,10 @@ Which position, `position`:
 - an int k: index k of the prompted sequence (0 = the first prompt vector, which on a causal LM has seen only
   itself); None: every attended token.
 
-One function boundary, `record_ffn_activations`, so that the recording can move to `ds_prompt.models.ffn` later.
-Hooks only read (they return None), and are removed when the call returns, so the model output is unchanged.
+Where the FFNs are, and the hooks, come from `ds_prompt.models.ffn` (its one layout table and its
+`record_ffn_activations`); this module adds the indicators' choice of position and stacks and runs the forward
+(`prompted_ffn_activations`). Hooks only read (they return None), and are removed when the call returns, so the
+model output is unchanged.
 Under ZeRO-3 pass the DeepSpeed engine (or its module): every rank must make the same call (the forward gathers
 partitioned weights collectively).
 """
@@ -34,53 +34,35 @@ import torch
 from torch import nn
 
 from ds_prompt.errors import UserError
+from ds_prompt.models import ffn
 from ds_prompt.models.family import Family
 from ds_prompt.models.shortcuts import full_forward
 
-# (module path suffix, what to capture): "output" of the nonlinearity module, or "input" of the down projection.
-FFN_SITE_RULES = (("intermediate", "output"), ("mlp.act", "output"), ("mlp.down_proj", "input"),
-                  ("DenseReluDense.wo", "input"))
-# Gated FFNs only: the gate projection's output (pre-activation gate).
-GATE_SITE_RULES = (("mlp.gate_proj", "output"), ("DenseReluDense.wi_0", "output"))
-NEURON_VALUES = ("product", "gate")
+NEURON_VALUES = ffn.NEURON_VALUES
 SEQ2SEQ_PARTS = ("decoder", "encoder", "both")
 SCORE = "score"
 
 
 @dataclass(frozen=True)
 class FFNSite:
-    """One layer's FFN intermediate: `name` is the hooked module's path in the HF model."""
-    name: str
-    module: nn.Module
-    capture: str        # "output" or "input"
+    """One layer's FFN (models.ffn's `FFNRef`) as the indicators read it."""
+    ref: ffn.FFNRef
     decoder: bool       # a T5 decoder block (one position: the first decoding step)
 
+    @property
+    def name(self) -> str:
+        return self.ref.name
 
-def _matches(name: str, suffix: str) -> bool:
-    parts, want = name.split("."), suffix.split(".")
-    return parts[-len(want):] == want
 
-
-def ffn_sites(hf_model: nn.Module, seq2seq_part: str = "decoder", neuron: str = "product") -> list[FFNSite]:
-    """The FFN intermediate (or, neuron="gate", the gate) of every layer, in forward order (T5: encoder blocks
-    before decoder blocks)."""
+def ffn_sites(hf_model: nn.Module, seq2seq_part: str = "decoder") -> list[FFNSite]:
+    """Every layer's FFN in forward order (T5: encoder blocks before decoder blocks), from models.ffn's layout
+    table; an encoder-decoder model keeps the stacks `seq2seq_part` names."""
     if seq2seq_part not in SEQ2SEQ_PARTS:
         raise UserError(f"--ffn_part '{seq2seq_part}' is unknown: use one of {', '.join(SEQ2SEQ_PARTS)}")
-    if neuron not in NEURON_VALUES:
-        raise UserError(f"--neuron '{neuron}' is unknown: use one of {', '.join(NEURON_VALUES)}")
-    rules = FFN_SITE_RULES if neuron == "product" else GATE_SITE_RULES
-    sites = []
-    for name, module in hf_model.named_modules():
-        for suffix, capture in rules:
-            if _matches(name, suffix):
-                sites.append(FFNSite(name, module, capture, decoder=name.startswith("decoder.")))
-    if not sites and neuron == "gate":
-        raise UserError(f"--neuron gate needs a gated FFN, but {type(hf_model).__name__} has none: use "
-                        f"--neuron product")
-    if not sites:
-        raise UserError(f"no FFN layers found in {type(hf_model).__name__}: activated neurons support BERT-like, "
-                        f"GPT-2, Llama/Qwen2-like and T5 models")
-    if any(s.decoder for s in sites) and seq2seq_part != "both":
+    refs = ffn.ffn_layers(hf_model)
+    two_stacks = {ref.role for ref in refs} == {"encoder", "decoder"}  # T5: the decoder runs one step
+    sites = [FFNSite(ref, decoder=two_stacks and ref.role == "decoder") for ref in refs]
+    if two_stacks and seq2seq_part != "both":
         sites = [s for s in sites if s.decoder == (seq2seq_part == "decoder")]
     return sites
 
@@ -97,11 +79,11 @@ def scoring_positions(family: Family, score_index: torch.Tensor, n_prompt: int) 
                     "--position score, or an explicit --position k for encoder FFNs")
 
 
-def _select(acts: torch.Tensor, site: FFNSite, attention_mask: torch.Tensor, position: int | str | None,
+def _select(acts: torch.Tensor, one_step: bool, attention_mask: torch.Tensor, position: int | str | None,
             family: Family, score_index: torch.Tensor) -> torch.Tensor:
     """[B, T, d_ff] -> [B, d_ff] at `position` (an index, or SCORE: each row's scoring position), or
     [attended tokens, d_ff] when position is None (or SCORE on an embedding-only encoder)."""
-    if site.decoder:  # PromptedModel runs the decoder for one step: every row has exactly one position
+    if one_step:  # PromptedModel runs the decoder for one step: every row has exactly one position
         return acts[:, 0]
     n_prompt = acts.shape[1] - attention_mask.shape[1]
     if position == SCORE:
@@ -120,10 +102,10 @@ def per_token_position(family: Family, position: int | str | None) -> bool:
     return position is not None and not (position == SCORE and family is Family.ENCODER)
 
 
-def record_ffn_activations(prompted_model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                           score_index: torch.Tensor | None = None, position: int | str | None = None,
-                           seq2seq_part: str = "decoder", neuron: str = "product",
-                           **prompt_inputs) -> dict[str, torch.Tensor]:
+def prompted_ffn_activations(prompted_model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                             score_index: torch.Tensor | None = None, position: int | str | None = None,
+                             seq2seq_part: str = "decoder", neuron: str = "product",
+                             **prompt_inputs) -> dict[str, torch.Tensor]:
     """FFN intermediate activations of one no-grad forward of `prompted_model` (a PromptedModel or its engine).
 
     Input is [prompt; input_ids] as PromptedModel builds it. Returns {layer name: fp32 CPU tensor}, in layer order:
@@ -133,28 +115,18 @@ def record_ffn_activations(prompted_model, input_ids: torch.Tensor, attention_ma
     T5 decoder layers always give [batch, d_ff] at the first decoding step. `neuron`: "product" or "gate".
     """
     module = getattr(prompted_model, "module", prompted_model)
-    sites = ffn_sites(module.backbone, seq2seq_part, neuron)
-    recorded: dict[str, torch.Tensor] = {}
+    sites = ffn_sites(module.backbone, seq2seq_part)
     if position == SCORE and module.family is Family.SEQ2SEQ and any(not s.decoder for s in sites):
         scoring_positions(module.family, score_index, 0)  # raises: encoder FFNs have no scoring position
-
-    def hook_for(site: FFNSite):
-        def keep(acts):
-            recorded[site.name] = _select(acts.detach(), site, attention_mask, position, module.family,
-                                          score_index).float().cpu()
-        if site.capture == "output":
-            return site.module.register_forward_hook(lambda mod, args, out: keep(out))
-        return site.module.register_forward_pre_hook(lambda mod, args: keep(args[0]))
-
     if score_index is None:
         score_index = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
-    handles = [hook_for(site) for site in sites]
-    try:
-        with torch.no_grad(), full_forward(prompted_model):  # hooks read every position of every layer
-            prompted_model(input_ids, attention_mask, score_index, **prompt_inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    one_step = {s.name for s in sites if s.decoder}
+
+    def keep(ref, acts):
+        return _select(acts, ref.name in one_step, attention_mask, position, module.family, score_index).float().cpu()
+    with torch.no_grad(), full_forward(prompted_model), \
+            ffn.record_ffn_activations(module.backbone, [s.ref for s in sites], neuron=neuron, keep=keep) as recorded:
+        prompted_model(input_ids, attention_mask, score_index, **prompt_inputs)  # hooks read every position
     return {site.name: recorded[site.name] for site in sites}
 
 

@@ -104,8 +104,8 @@ def projector_train(config: str | None = None, **flags) -> None:
     projector.safetensors + projector.json, run.json, tb/ and checkpoints/.
     """
     from ds_prompt.config import build_config
+    from ds_prompt.recipes.projector import ProjectorTrainConfig, train_projector
     from ds_prompt.transfer.library import as_list
-    from ds_prompt.transfer.projector import ProjectorTrainConfig, train_projector
     for key in ("prompts", "tasks"):
         if key in flags:
             flags[key] = ",".join(as_list(flags[key]))

@@ -6,7 +6,7 @@ Embedding similarity, for prompts P1, P2 of shape [L, d] and their flattenings p
   euc       = 1 / (1 + ||p1 - p2||)                        (needs equal shapes)
   euc_token = 1 / (1 + mean over (i, j) of ||P1_i - P2_j||)
 Activated neurons: feed [prompt; bos] (MLM: [prompt; bos; mask]; optionally task text, several samples) to the
-frozen model, record the FFN intermediate of every layer (`activations.record_ffn_activations`), keep one
+frozen model, record the FFN intermediate of every layer (`activations.prompted_ffn_activations`), keep one
 position (default the family's scoring position, which has seen the whole prompt: the mask slot, the last
 token, the first decoder step; or k, e.g. 0 = the first prompt vector) and binarize m = 1[a > 0] (the
 `kernels.activation_stats` kernel; gated FFNs binarize act(gate) * up, or with neuron="gate" the gate). Then
@@ -31,12 +31,12 @@ from ds_prompt.data.loading import load_examples
 from ds_prompt.data.tasks import get_task
 from ds_prompt.engine import setup as ds_setup
 from ds_prompt.errors import UserError
+from ds_prompt.kernels.activation_stats import activation_mask, activation_stats
 from ds_prompt.models.family import Family
 from ds_prompt.models.prompted import PromptedModel
-from ds_prompt.transfer.activations import SCORE, FixedPrompt, per_token_position, record_ffn_activations
-from ds_prompt.transfer.prompt_set import as_list, common_backbone, load_prompt_set, recorded_family
+from ds_prompt.transfer.activations import SCORE, FixedPrompt, per_token_position, prompted_ffn_activations
 from ds_prompt.transfer.matrix import read_csv, write_csv
-from ds_prompt.kernels.activation_stats import activation_mask, activation_stats
+from ds_prompt.transfer.prompt_set import as_list, common_backbone, load_prompt_set, recorded_family
 
 
 # ---- embedding similarity ------------------------------------------------------------------------------------
@@ -206,9 +206,9 @@ class NeuronRecorder:
     def masks(self, prompt: torch.Tensor) -> dict[str, torch.Tensor]:
         check_prompt_fits(prompt, self.d_model, "for activated neurons")
         self.prompt.set(prompt.to(self.device))
-        acts = record_ffn_activations(self.model, self.batch["input_ids"], self.batch["attention_mask"],
-                                      self.batch["score_index"], position=self.probe.position,
-                                      seq2seq_part=self.probe.seq2seq_part, neuron=self.probe.neuron)
+        acts = prompted_ffn_activations(self.model, self.batch["input_ids"], self.batch["attention_mask"],
+                                        self.batch["score_index"], position=self.probe.position,
+                                        seq2seq_part=self.probe.seq2seq_part, neuron=self.probe.neuron)
         return neuron_masks(acts, per_token=self.per_token)
 
 

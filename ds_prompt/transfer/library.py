@@ -13,16 +13,37 @@ from ds_prompt.artifacts import PROMPT_FILE, load_prompt
 from ds_prompt.builders import load_model_for
 from ds_prompt.config import TrainConfig, build_config
 from ds_prompt.engine import setup as ds_setup
-from ds_prompt.engine.trainer import train
 from ds_prompt.errors import UserError
-from ds_prompt.transfer.indicators import EMBEDDING_INDICATORS, METRICS, NeuronProbe, NeuronRecorder, \
-    activated_neuron_overlap
-from ds_prompt.transfer.library_index import (DEFAULT_LIBRARY, INDEX_FILE, LATEST_RECOMMENDATION,  # noqa: F401
-                                              LIBRARY_ENV, _pair_slug, add_to_library, library_dir,
-                                              library_entries, read_index, resolve_library_init,
-                                              save_recommendation)
-from ds_prompt.transfer.prompt_set import (PromptRef, as_list, common_backbone, head_kind,  # noqa: F401
-                                           load_prompt_set, prompt_paths, recorded_family)
+from ds_prompt.recipes.prompt_tuning import train
+from ds_prompt.transfer.indicators import (
+    EMBEDDING_INDICATORS,
+    METRICS,
+    NeuronProbe,
+    NeuronRecorder,
+    activated_neuron_overlap,
+)
+from ds_prompt.transfer.library_index import (  # noqa: F401
+    DEFAULT_LIBRARY,
+    INDEX_FILE,
+    LATEST_RECOMMENDATION,
+    LIBRARY_ENV,
+    _pair_slug,
+    add_to_library,
+    library_dir,
+    library_entries,
+    read_index,
+    resolve_library_init,
+    save_recommendation,
+)
+from ds_prompt.transfer.prompt_set import (  # noqa: F401
+    PromptRef,
+    as_list,
+    common_backbone,
+    head_kind,
+    load_prompt_set,
+    prompt_paths,
+    recorded_family,
+)
 
 
 # ---- recommending library prompts for a task -----------------------------------------------------------------

@@ -24,8 +24,14 @@ from ds_prompt.errors import UserError
 from ds_prompt.io import atomic_path
 from ds_prompt.models.family import Family
 from ds_prompt.transfer.plots import transfer_heatmap
-from ds_prompt.transfer.prompt_set import (PromptRef, as_list, common_backbone, head_kind, load_prompt_set,
-                                           recorded_family)
+from ds_prompt.transfer.prompt_set import (
+    PromptRef,
+    as_list,
+    common_backbone,
+    head_kind,
+    load_prompt_set,
+    recorded_family,
+)
 
 MATRIX_COLUMNS = ("source", "target", "accuracy", "f1", "matthews", "metric")
 RANDOM_SOURCE = "random"

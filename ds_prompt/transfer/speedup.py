@@ -21,9 +21,9 @@ from ds_prompt import dist
 from ds_prompt.artifacts import load_prompt_tensor
 from ds_prompt.builders import load_model_for
 from ds_prompt.config import TrainConfig, build_config, load_config_file
-from ds_prompt.engine.trainer import train
 from ds_prompt.errors import UserError
 from ds_prompt.io import write_json
+from ds_prompt.recipes.prompt_tuning import train
 from ds_prompt.transfer.library import resolve_library_init
 from ds_prompt.transfer.plots import learning_curves
 

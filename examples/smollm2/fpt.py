@@ -14,8 +14,24 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (DATA, LR, MODEL, RESULTS, RUNS, SAVE_EVERY, archive, cli, figure, finish_axes, log,  # noqa: E402
-                    meta_json, read_json, restore, save_figure, write_csv)
+from common import (  # noqa: E402
+    DATA,
+    LR,
+    MODEL,
+    RESULTS,
+    RUNS,
+    SAVE_EVERY,
+    archive,
+    cli,
+    figure,
+    finish_axes,
+    log,
+    meta_json,
+    read_json,
+    restore,
+    save_figure,
+    write_csv,
+)
 
 TASKS, PLANS = ("sst2", "agnews"), ("pt", "ld", "fr", "cr")
 STEPS, EVAL_EVERY, EVAL, SEED = 250, 25, 500, 42

@@ -13,8 +13,21 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (DATA, MODEL, RESULTS, RUNS, SAVE_EVERY, archive, cli, log, meta_json, read_csv,  # noqa: E402
-                    read_json, restore, write_csv)
+from common import (  # noqa: E402
+    DATA,
+    MODEL,
+    RESULTS,
+    RUNS,
+    SAVE_EVERY,
+    archive,
+    cli,
+    log,
+    meta_json,
+    read_csv,
+    read_json,
+    restore,
+    write_csv,
+)
 from pt_tasks import prompt_dir  # noqa: E402
 
 SOURCE_MODEL, TASKS, TRAIN_ON = "minilm", ("sst2", "mr", "rte"), "sst2"

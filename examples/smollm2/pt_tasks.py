@@ -14,8 +14,22 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (EVAL_LIMIT, INIT, LR, MODEL, RESULTS, RUNS, SEEDS, STEPS, finished, log,  # noqa: E402
-                    meta_json, restore, train, write_csv)
+from common import (  # noqa: E402
+    EVAL_LIMIT,
+    INIT,
+    LR,
+    MODEL,
+    RESULTS,
+    RUNS,
+    SEEDS,
+    STEPS,
+    finished,
+    log,
+    meta_json,
+    restore,
+    train,
+    write_csv,
+)
 
 TASKS = ("sst2", "mr", "agnews", "qnli", "snli", "rte", "mrpc", "cola")
 MULTI_SEED = ("sst2", "agnews", "qnli")

@@ -64,8 +64,8 @@ def pt_section() -> list[str]:
     for task, rs in by_task.items():
         headline = [float(r["headline"]) for r in rs if r.get("metric", "accuracy") != "accuracy" and r.get("headline")]
         shown = f"{rs[0]['metric']} {_pm(headline)}" if headline else ""
-        table.append([task, KIND.get(task, ""), len(rs), rs[0]["n_eval"], _pm([float(r["accuracy_before"]) for r in rs]),
-                      _pm([float(r["accuracy"]) for r in rs]), shown])
+        table.append([task, KIND.get(task, ""), len(rs), rs[0]["n_eval"],
+                      _pm([float(r["accuracy_before"]) for r in rs]), _pm([float(r["accuracy"]) for r in rs]), shown])
     learned = [t for t, rs in by_task.items()
                if mean_se([float(r["accuracy"]) - float(r["accuracy_before"]) for r in rs])[0] >= 0.05]
     return [_caption("pt_tasks", steps=meta.get("steps"), lr=meta.get("lr"), init=meta.get("init"),
@@ -124,7 +124,8 @@ def tpt_section() -> list[str]:
         reached = [int(r["steps_to_target"]) for r in rs if r["steps_to_target"] != ""]
         flops = [float(r["tflops_to_target"]) for r in rs if r["tflops_to_target"] != ""]
         steps_mean[init] = sum(reached) / len(reached) if len(reached) == len(rs) else float("inf")
-        table.append([init, _pm([float(r["accuracy_at_init"]) for r in rs]), _pm([float(r["final_accuracy"]) for r in rs]),
+        table.append([init, _pm([float(r["accuracy_at_init"]) for r in rs]),
+                      _pm([float(r["final_accuracy"]) for r in rs]),
                       f"{len(reached)}/{len(rs)}", " / ".join(r["steps_to_target"] or "-" for r in rs),
                       " / ".join(r["tflops_to_target"] or "-" for r in rs),
                       f"{sum(flops) / len(flops):.1f}" if flops else "-"])

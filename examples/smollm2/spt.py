@@ -13,8 +13,21 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (DATA, MODEL, RESULTS, RUNS, SAVE_EVERY, SEEDS, archive, cli, log, meta_json,  # noqa: E402
-                    read_json, restore, write_csv)
+from common import (  # noqa: E402
+    DATA,
+    MODEL,
+    RESULTS,
+    RUNS,
+    SAVE_EVERY,
+    SEEDS,
+    archive,
+    cli,
+    log,
+    meta_json,
+    read_json,
+    restore,
+    write_csv,
+)
 
 SEEN, HELDOUT = ("sst2", "mr", "agnews", "mrpc", "cola"), ("rte", "qnli", "snli")
 MODES, STEPS, EVAL = ("spt", "shared", "untrained"), 300, 300

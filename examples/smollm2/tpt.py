@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (MODEL, RESULTS, RUNS, SEEDS, figure, finish_axes, log, meta_json, save_figure,  # noqa: E402
-                    train, write_csv)
+from common import MODEL, RESULTS, RUNS, SEEDS, figure, finish_axes, log, meta_json, save_figure, train, write_csv  # noqa: E402
 from pt_tasks import prompt_dir  # noqa: E402
 
 TARGET, STEPS, EVAL_EVERY, EVAL = "mr", 150, 15, 500

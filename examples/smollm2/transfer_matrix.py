@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (DATA, RESULTS, RUNS, archive, cli, figure, log, meta_json, read_json, restore,  # noqa: E402
-                    save_figure, write_csv)
+from common import DATA, RESULTS, RUNS, archive, cli, figure, log, meta_json, read_json, restore, save_figure, write_csv  # noqa: E402
 from pt_tasks import TASKS, prompt_dir  # noqa: E402
 
 LIMIT = 500

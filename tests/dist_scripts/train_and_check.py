@@ -8,8 +8,8 @@ import torch
 from ds_prompt import dist
 from ds_prompt.cli import _strip_launcher_args
 from ds_prompt.config import TrainConfig, build_config
-from ds_prompt.engine import trainer
 from ds_prompt.models.backbone import load_backbone
+from ds_prompt.recipes import prompt_tuning as trainer
 
 
 def main():

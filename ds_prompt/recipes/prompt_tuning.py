@@ -15,21 +15,22 @@ import torch
 from ds_prompt import dist
 from ds_prompt.artifacts import save_prompt
 from ds_prompt.builders import build_prompted, load_model_for
-from ds_prompt.config import TrainConfig, config_dict, write_config_yaml
+from ds_prompt.config import InitSpec, TrainConfig, config_dict, write_config_yaml
 from ds_prompt.data.encoding import BatchPlan, collate
 from ds_prompt.data.loading import load_examples
 from ds_prompt.data.tasks import get_task, task_record
-from ds_prompt.engine import setup as ds_setup
 from ds_prompt.engine import progress
+from ds_prompt.engine import setup as ds_setup
 from ds_prompt.engine import state as ckpt
 from ds_prompt.engine.evaluate import evaluate
-from ds_prompt.engine.inference import eval_subset
-from ds_prompt.engine.loop import LoopState, log_window, save_run_checkpoint, train_steps
 from ds_prompt.engine.logging import RunLogger
+from ds_prompt.engine.loop import LoopState, log_window, save_run_checkpoint, train_steps
+from ds_prompt.engine.run_folder import backbone_fingerprint, data_fingerprint
 from ds_prompt.errors import UserError
 from ds_prompt.io import write_json
 from ds_prompt.models.checkpointing import enable_activation_checkpointing
 from ds_prompt.models.family import Family
+from ds_prompt.recipes.inference import eval_subset
 from ds_prompt.transfer.library_index import resolve_library_init
 
 
@@ -54,7 +55,6 @@ def train(cfg: TrainConfig, prompt_override: torch.Tensor | None = None, model_t
 
 def train_identity(cfg: TrainConfig, task, init_tensor: bool = False) -> dict:
     """What a resumed run must share with the run in its folder (recorded in run.json)."""
-    from ds_prompt.engine.run_folder import backbone_fingerprint, data_fingerprint
     return {"model": cfg.model, "backbone": backbone_fingerprint(cfg.model), "task": task.name,
             "data": data_fingerprint(task, cfg.data_dir), "seed": cfg.seed, "prompt_length": cfg.prompt_length,
             "batch_size": cfg.batch_size, "init": "tensor" if init_tensor else cfg.init, "head": cfg.head,
@@ -65,7 +65,7 @@ def train_identity(cfg: TrainConfig, task, init_tensor: bool = False) -> dict:
 def _resolved_init(init):
     """`--init library:best|<entry>` names a prompt-library entry: the file it resolves to when the run starts
     (prompt.json records it as init_resolved); any other spec is returned as is."""
-    if isinstance(init, str) and init.startswith("library:"):
+    if isinstance(init, str) and InitSpec.parse(init).kind == "library":
         return "file:" + resolve_library_init(init)
     return init
 
@@ -75,7 +75,8 @@ def _train(cfg: TrainConfig, task, prompt_override, model_transform) -> dict:
     dist.on_rank0(write_config_yaml, out, cfg)
     train_examples = load_examples(task, "train", cfg.data_dir, limit=cfg.train_limit, seed=cfg.seed)
     eval_examples = load_examples(task, "eval", cfg.data_dir, limit=cfg.eval_limit, seed=cfg.seed)
-    ds_config = ds_setup.ds_config_for(cfg)
+    ds_config = ds_setup.ds_config_for(cfg.deepspeed, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                                       grad_clip=cfg.grad_clip, dtype=cfg.dtype)
     with ds_setup.sharded_loading(ds_config):  # ZeRO-3: weights are partitioned as they load
         backbone = load_model_for(cfg.model, cfg.family, cfg.dtype, cfg.quantization, cfg.attn_implementation)
     if model_transform is not None:

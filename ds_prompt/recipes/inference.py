@@ -4,12 +4,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
 
 from ds_prompt import dist
 from ds_prompt.artifacts import check_prompt_fits, load_prompt
 from ds_prompt.builders import build_prompted, load_model_for
 from ds_prompt.config import check_quantization
-from ds_prompt.data.loading import load_examples
+from ds_prompt.data.encoding import collate
+from ds_prompt.data.loading import load_examples, read_input_file
 from ds_prompt.data.tasks import get_task, use_task
 from ds_prompt.engine import setup as ds_setup
 from ds_prompt.engine.evaluate import evaluate
@@ -120,10 +122,7 @@ def predict(prompt: str, output: str, task: str | None = None, split: str = "eva
     (null when unknown), the predicted label and every class's probability. Examples come from the task's
     `split` (with --limit: the seeded subset rule of evaluate) or from a user's `input` file (labels optional).
     Returns {n, labeled, accuracy (over labeled examples or None), output}."""
-    import torch
 
-    from ds_prompt.data.encoding import collate
-    from ds_prompt.data.loading import read_input_file
     if batch_size <= 0 or (limit is not None and limit <= 0):
         raise UserError("--batch_size and --limit must be positive integers")
     out = Path(output)
@@ -166,7 +165,6 @@ def generate_texts(prompt: str, texts: list[str], model: str | None = None, max_
                    dtype: str = "auto", quantization: str | None = None) -> list[dict]:
     """Greedy generation from a causal or seq2seq backbone with the trained soft prompt prepended to each text's
     token embeddings (as in training: [prompt; text]); [{text, generated, token_ids}]."""
-    import torch
 
     if max_new_tokens <= 0:
         raise UserError(f"--max_new_tokens {max_new_tokens} must be a positive integer")

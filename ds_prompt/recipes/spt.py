@@ -28,19 +28,31 @@ from ds_prompt.builders import load_model_for
 from ds_prompt.config import DataArgs, EngineArgs, LoopArgs, ModelArgs, OptimArgs
 from ds_prompt.data.loading import load_examples
 from ds_prompt.data.tasks import get_task
-from ds_prompt.engine import setup as ds_setup
 from ds_prompt.engine import progress
+from ds_prompt.engine import setup as ds_setup
 from ds_prompt.engine import state as ckpt
 from ds_prompt.engine.evaluate import evaluate
 from ds_prompt.engine.logging import RunLogger
 from ds_prompt.engine.loop import LoopState, log_window, save_run_checkpoint, train_steps
+from ds_prompt.engine.run_folder import backbone_fingerprint, data_fingerprint
 from ds_prompt.errors import UserError, require
 from ds_prompt.io import ensure_writable_dir, write_json, write_tensors
 from ds_prompt.models.checkpointing import enable_activation_checkpointing
 from ds_prompt.models.family import Family
-from ds_prompt.spt.bank import (BankConfig, Combine, QueryProjection, QuerySource, SPTModel,
-                                TaskPromptKind, build_spt_model, init_spt_prompt, load_bank, load_state,
-                                parse_choice, save_bank)
+from ds_prompt.spt.bank import (
+    BankConfig,
+    Combine,
+    QueryProjection,
+    QuerySource,
+    SPTModel,
+    TaskPromptKind,
+    build_spt_model,
+    init_spt_prompt,
+    load_bank,
+    load_state,
+    parse_choice,
+    save_bank,
+)
 from ds_prompt.spt.mixture import MixturePlan, TaskSuite, mixing_rates
 from ds_prompt.spt.mixture import micro_batches as micro_batches_of
 
@@ -165,7 +177,6 @@ def train(cfg: SPTConfig) -> dict:
 
 def spt_identity(cfg: SPTConfig, mode: Mode, seen: list, heldout: list) -> dict:
     """What a resumed SPT run must share with the run in its folder (recorded in run.json)."""
-    from ds_prompt.engine.run_folder import backbone_fingerprint, data_fingerprint
     return {"model": cfg.model, "backbone": backbone_fingerprint(cfg.model), "mode": mode.value,
             "tasks": [t.name for t in seen], "heldout": [t.name for t in heldout],
             "data": {t.name: data_fingerprint(t, cfg.data_dir) for t in seen + heldout}, "seed": cfg.seed,
@@ -177,7 +188,8 @@ def spt_identity(cfg: SPTConfig, mode: Mode, seen: list, heldout: list) -> dict:
 
 def _train(cfg: SPTConfig, mode: Mode, seen: list, heldout: list) -> dict:
     out = ds_setup.start_run(cfg.resolved_output_dir(), cfg.seed)
-    ds_config = ds_setup.ds_config_for(cfg)
+    ds_config = ds_setup.ds_config_for(cfg.deepspeed, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                                       grad_clip=cfg.grad_clip, dtype=cfg.dtype)
     with ds_setup.sharded_loading(ds_config):  # ZeRO-3: weights are partitioned as they load
         backbone = load_model_for(cfg.model, cfg.family, cfg.dtype, None, cfg.attn_implementation)
     start = load_bank(cfg.init_bank) if cfg.init_bank else None

@@ -122,7 +122,7 @@ def load_prompt_tensor(path: str | os.PathLike) -> torch.Tensor:
 def check_prompt_fits(prompt: torch.Tensor, d_model: int, source: str) -> None:
     if prompt.shape[1] != d_model:
         raise UserError(f"prompt {source} has d={prompt.shape[1]} but the model expects {d_model}: map it "
-                        f"with `ds-prompt projector apply` or use a prompt trained on this model")
+                        f"with `ds-prompt transfer projector apply` or use a prompt trained on this model")
 
 
 # ---- PEFT interop -------------------------------------------------------------------------------------------

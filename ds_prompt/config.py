@@ -207,8 +207,9 @@ INIT_KINDS = ("normal", "uniform", "vocab", "text", "file", "library")
 
 @dataclass(frozen=True)
 class InitSpec:
-    """A parsed --init (the flag stays a string in configs and run.json; this is its typed form, parsed at the
-    config boundary, so the model layer never sees an unchecked spec)."""
+    """A parsed --init. The flag stays a string in configs, config.yaml and run.json; it is parsed into this
+    typed form when flags and config files are checked (before any work), and every consumer (the model layer's
+    `init_prompt_tensor`, SPT, the library resolver) reads the spec through `InitSpec.parse`."""
     kind: str           # one of INIT_KINDS
     arg: str = ""       # normal: the std ("" = 0.02); text: the words; file: a path; library: an entry name
 

@@ -16,6 +16,6 @@ done
 prompts=$(printf "$OUT/prompts/%s," "${TASKS[@]}"); prompts=${prompts%,}
 tasks=$(IFS=,; echo "${TASKS[*]}")
 ds-prompt transfer matrix --prompts "$prompts" --tasks "$tasks" --data_dir "$DATA" --output_dir "$OUT/matrix" --limit "${LIMIT:-500}"
-ds-prompt indicators --prompts "$prompts" --metric all --output_dir "$OUT/indicators" --against "$OUT/matrix/matrix.csv"
+ds-prompt transfer indicators --prompts "$prompts" --metric all --output_dir "$OUT/indicators" --against "$OUT/matrix/matrix.csv"
 ds-prompt transfer speedup --prompt "$OUT/prompts/sst2" --task mr --data_dir "$DATA" --output_dir "$OUT/speedup" \
     --max_steps "${SPEEDUP_STEPS:-200}" --lr 0.01 --eval_every 20 --eval_limit "${LIMIT:-500}" --progress False

@@ -1,5 +1,6 @@
 """The package's layers, read from its source: no import cycles (function-body imports included); models/ and
-data/ import nothing above them; engine/ (plumbing) imports no recipe or method package; recipes/ import no CLI;
+data/ import nothing above them; engine/ (plumbing) imports no recipe or method package; the method packages
+(fpt/, spt/, transfer/) import no recipe; recipes/ import no CLI;
 and imports inside function bodies are only the CLI's lazy ones plus heavy or optional third-party packages."""
 import ast
 from pathlib import Path
@@ -76,10 +77,13 @@ def _is_cli(name: str) -> bool:
     return name == "ds_prompt.cli" or name.endswith(".cli")
 
 
-def test_engine_is_plumbing_and_recipes_sit_below_the_cli():
+def test_engine_is_plumbing_and_recipes_sit_between_the_methods_and_the_cli():
     graph = _imports(_modules())
     assert any(name.startswith("ds_prompt.recipes.") for name in graph)
     for name, targets in graph.items():
+        if name.startswith(("ds_prompt.fpt", "ds_prompt.spt", "ds_prompt.transfer")) and not _is_cli(name):
+            bad = sorted(t for t in targets if t.startswith("ds_prompt.recipes"))
+            assert not bad, f"{name} (a method piece) imports {bad}: recipes compose method pieces, not the reverse"
         if name.startswith("ds_prompt.engine"):
             bad = sorted(t for t in targets if t.startswith(("ds_prompt.recipes", "ds_prompt.transfer",
                                                              "ds_prompt.fpt", "ds_prompt.spt")) or _is_cli(t))

@@ -332,7 +332,7 @@ def test_transfer_matrix_rejects_mismatched_width(tmp_path):
     assert cli_main(["transfer", "matrix", "--prompts", p, "--tasks", "sst2", "--data_dir", data,
                      "--output_dir", str(tmp_path / "m")]) == 2
     from ds_prompt.transfer.matrix import transfer_matrix
-    with pytest.raises(UserError, match="d=16 but the model expects 32: map it with `ds-prompt projector apply`"):
+    with pytest.raises(UserError, match="d=16 but the model expects 32: map it with `ds-prompt transfer projector"):
         transfer_matrix(p, "sst2", data_dir=data)
     linear = tmp_path / "linear"
     save_prompt(linear, torch.zeros(4, 32), {"backbone": "tiny:bert_encoder", "task": "sst2", "head": "LinearHead",
@@ -449,7 +449,7 @@ def test_speedup_cli_on_tiny(tmp_path):
 
 # ---- prompt library --------------------------------------------------------------------------------------------
 def test_library_add_list_recommend_and_resolve(tmp_path, capsys):
-    from ds_prompt.transfer.library import library_entries, resolve_library_init
+    from ds_prompt.transfer.library_index import library_entries, resolve_library_init
     lib = str(tmp_path / "lib")
     for i, task in enumerate(("sst2", "rte")):
         assert cli_main(["library", "add", "--prompt", make_prompt(tmp_path / task, task, seed=i),
@@ -560,7 +560,7 @@ def test_train_init_library_best_starts_from_the_top_prompt(tmp_path):
     from ds_prompt.config import TrainConfig, build_config
     from ds_prompt.models import soft_prompt
     from ds_prompt.recipes.prompt_tuning import train
-    from ds_prompt.transfer.library import add_to_library, save_recommendation
+    from ds_prompt.transfer.library_index import add_to_library, save_recommendation
     lib = str(tmp_path / "lib")
     add_to_library(make_prompt(tmp_path / "sst2", "sst2"), lib)
     save_recommendation(lib, "demo", "tiny:bert", [{"rank": 1, "name": "sst2"}], "on")

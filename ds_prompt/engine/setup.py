@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ds_prompt import dist
-from ds_prompt.config import CHOICES
+from ds_prompt.config import CHOICES, LoopArgs
 from ds_prompt.engine.run_folder import claim
 from ds_prompt.errors import UserError
 from ds_prompt.io import ensure_writable_dir
@@ -135,11 +135,11 @@ def run_in_claimed_folder(out: str, recipe: str, identity: dict, max_steps: int,
     return result
 
 
-def ds_config_for(deepspeed: str | None, *, batch_size: int, grad_accum: int, grad_clip: float,
-                  dtype: str | None) -> dict:
-    """The DeepSpeed config `deepspeed` (--deepspeed) names, filled from the run's batch/accumulation/clipping
-    flags and --dtype at this world size."""
-    return fill_ds_config(load_ds_config(deepspeed), batch_size, grad_accum, grad_clip, dist.world_size(), dtype)
+def ds_config_for(deepspeed: str | None, loop: LoopArgs, grad_clip: float, dtype: str | None) -> dict:
+    """The DeepSpeed config `deepspeed` (--deepspeed) names, filled from the loop group's batch and accumulation,
+    --grad_clip and --dtype at this world size."""
+    return fill_ds_config(load_ds_config(deepspeed), loop.batch_size, loop.grad_accum, grad_clip, dist.world_size(),
+                          dtype)
 
 
 def fill_ds_config(config: dict, batch_size: int, grad_accum: int, grad_clip: float, world: int,

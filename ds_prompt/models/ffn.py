@@ -12,9 +12,10 @@ indicators). Locations, checked against transformers 5.23 (paths under `model.ba
 
 The *activation* of an FFN is its intermediate [..., d_ff] after the nonlinearity (gated FFNs: act(gate) * up),
 i.e. exactly the input of the output projection; `record_ffn_activations` reads it there with a forward
-pre-hook, so one hook point serves every architecture (dropout before the output projection is inactive in
-the frozen, eval-mode backbone). This is the one table of FFN locations: FPT's neuron scores and slicing and the
-transfer indicators' activated neurons (transfer.activations) all read it.
+pre-hook, so one hook point serves every architecture (dropout before the output projection is inactive in the
+frozen, eval-mode backbone); neuron="gate" reads the gate projection's output instead. This is the one table of
+FFN locations: FPT's neuron scores and slicing and the transfer indicators' activated neurons
+(transfer.activations) all read it.
 
 Linear weights are [out, in]; GPT-2's Conv1D weights are transposed ([in, out], forward x @ W + b).
 """

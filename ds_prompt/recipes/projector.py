@@ -42,9 +42,9 @@ class _PairView(nn.Module):
 
 @dataclass
 class ProjectorTrainConfig(LoopArgs, DataArgs):
-    """`ds-prompt projector train` flags: the shared data and loop groups plus the projector's own. prompts/tasks
-    are comma lists: prompt i is projected for task i (one prompt serves every task; no --tasks: each prompt's
-    own task)."""
+    """`ds-prompt transfer projector train` flags: the shared data and loop groups plus the projector's own.
+    prompts/tasks are comma lists: prompt i is projected for task i (one prompt serves every task; no --tasks:
+    each prompt's own task)."""
     target_model: str = "minilm"
     prompts: str = ""
     tasks: str = ""
@@ -150,8 +150,7 @@ def _train_projector(cfg: ProjectorTrainConfig, pairs, source_model: str, out: s
     if resumed:
         ckpt.restore_params(objective, resumed[0])
 
-    ds_config = ds_setup.ds_config_for(cfg.deepspeed, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                                       grad_clip=cfg.grad_clip, dtype=cfg.dtype)
+    ds_config = ds_setup.ds_config_for(cfg.deepspeed, cfg, cfg.grad_clip, cfg.dtype)
     optimizer = torch.optim.AdamW(objective.projector.parameters(), lr=cfg.lr, eps=cfg.eps,
                                   weight_decay=cfg.weight_decay)
     scheduler = ds_setup.build_scheduler("constant", optimizer, 0, cfg.max_steps)

@@ -75,8 +75,7 @@ def _train(cfg: TrainConfig, task, prompt_override, model_transform) -> dict:
     dist.on_rank0(write_config_yaml, out, cfg)
     train_examples = load_examples(task, "train", cfg.data_dir, limit=cfg.train_limit, seed=cfg.seed)
     eval_examples = load_examples(task, "eval", cfg.data_dir, limit=cfg.eval_limit, seed=cfg.seed)
-    ds_config = ds_setup.ds_config_for(cfg.deepspeed, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                                       grad_clip=cfg.grad_clip, dtype=cfg.dtype)
+    ds_config = ds_setup.ds_config_for(cfg.deepspeed, cfg, cfg.grad_clip, cfg.dtype)
     with ds_setup.sharded_loading(ds_config):  # ZeRO-3: weights are partitioned as they load
         backbone = load_model_for(cfg.model, cfg.family, cfg.dtype, cfg.quantization, cfg.attn_implementation)
     if model_transform is not None:

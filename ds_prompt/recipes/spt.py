@@ -20,7 +20,6 @@ from enum import Enum
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from ds_prompt import dist
@@ -55,8 +54,8 @@ from ds_prompt.spt.bank import (
 )
 from ds_prompt.spt.mixture import MixturePlan, TaskSuite, mixing_rates
 from ds_prompt.spt.mixture import micro_batches as micro_batches_of
+from ds_prompt.spt.trained import BACKBONE_FILE, check_heads, load_trained
 
-BACKBONE_FILE = "backbone.safetensors"
 EVAL_FILE = "spt_eval.json"
 
 
@@ -188,8 +187,7 @@ def spt_identity(cfg: SPTConfig, mode: Mode, seen: list, heldout: list) -> dict:
 
 def _train(cfg: SPTConfig, mode: Mode, seen: list, heldout: list) -> dict:
     out = ds_setup.start_run(cfg.resolved_output_dir(), cfg.seed)
-    ds_config = ds_setup.ds_config_for(cfg.deepspeed, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                                       grad_clip=cfg.grad_clip, dtype=cfg.dtype)
+    ds_config = ds_setup.ds_config_for(cfg.deepspeed, cfg, cfg.grad_clip, cfg.dtype)
     with ds_setup.sharded_loading(ds_config):  # ZeRO-3: weights are partitioned as they load
         backbone = load_model_for(cfg.model, cfg.family, cfg.dtype, None, cfg.attn_implementation)
     start = load_bank(cfg.init_bank) if cfg.init_bank else None
@@ -241,7 +239,7 @@ def _task_specs(cfg: SPTConfig) -> tuple[list, list]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     require(not dupes, f"task(s) {', '.join(dupes)} appear twice in --tasks/--heldout: list each once, "
                        f"held-out tasks only under --heldout")
-    _check_heads(cfg.head, [t.name for t in heldout])
+    check_heads(cfg.head, [t.name for t in heldout])
     return seen, heldout
 
 
@@ -288,12 +286,6 @@ def _build_model(cfg: SPTConfig, backbone, bank: BankConfig, seen: list, heldout
     require(any(p.requires_grad for p in model.parameters()),
             "nothing to train: --freeze_bank with --task_prompt none and no linear head; drop --freeze_bank")
     return model
-
-
-def _check_heads(head: str, unseen: list[str]) -> None:
-    if unseen and head == "linear":
-        raise UserError(f"--head linear trains a classifier per task, so unseen tasks {', '.join(unseen)} would "
-                        f"be scored by untrained weights: use --head auto (label words or similarity)")
 
 
 def _start_from_bank(model: SPTModel, start, seen: list[str], source: str) -> None:
@@ -447,37 +439,6 @@ def _summary(results: dict) -> dict:
 
 def _eval_record(bank: str, model: str, results: dict) -> dict:
     return dict(_summary(results), bank=str(bank), model=model, results=results)
-
-
-def load_trained(bank: str, tasks: list[str] | None, model: str | None = None, dtype: str = "auto"):
-    """(SPTModel, backbone, meta, task specs in task-id order, ids of `tasks`) rebuilt from a bank folder.
-
-    The bank's seen tasks keep their ids (and prompts); tasks it was not trained on are unseen."""
-    tensors, meta = load_bank(bank)
-    backbone = load_model_for(model or meta["backbone"], meta.get("family"), dtype)
-    backbone_file = Path(bank) / BACKBONE_FILE
-    if backbone_file.is_file():
-        _load_backbone_weights(backbone, backbone_file)
-    seen = [get_task(n) for n in meta["tasks"]]
-    wanted = tasks if tasks else (meta["heldout"] or meta["tasks"])
-    specs = seen + [get_task(n) for n in wanted if get_task(n).name not in meta["tasks"]]
-    spt = build_spt_model(backbone, BankConfig.from_json(meta), specs, meta["head"])
-    _check_heads(meta["head"], [t.name for t in specs[len(seen):]])
-    load_state(spt.prompt, {k: v for k, v in tensors.items() if not k.startswith("head.")}, bank)
-    head_params = dict(spt.named_parameters())
-    with torch.no_grad():
-        for name, value in tensors.items():
-            if name.startswith("head."):
-                head_params[name].copy_(value)
-    names = [t.name for t in specs]
-    return spt, backbone, meta, specs, [names.index(get_task(n).name) for n in wanted]
-
-
-def _load_backbone_weights(backbone, path: Path) -> None:
-    params = dict(backbone.model.named_parameters())
-    with torch.no_grad():
-        for name, value in load_file(str(path)).items():
-            params[name].copy_(value.to(params[name].dtype))
 
 
 def evaluate_bank(bank: str, tasks: list[str] | None = None, data_dir: str | None = None, limit: int | None = 500,

@@ -20,9 +20,9 @@ from ds_prompt.artifacts import export_peft, save_prompt
 from ds_prompt.engine import setup as ds_setup
 from ds_prompt.errors import UserError
 from ds_prompt.models.family import Family
-from ds_prompt.recipes.spt import load_trained
 from ds_prompt.spt.bank import QuerySource, load_bank
 from ds_prompt.spt.mixture import TaskSuite
+from ds_prompt.spt.trained import load_trained
 
 FORMATS = ("prompt", "peft")
 

@@ -15,9 +15,9 @@ from ds_prompt.data.encoding import collate
 from ds_prompt.data.loading import load_examples
 from ds_prompt.errors import require
 from ds_prompt.io import write_json
-from ds_prompt.recipes.spt import load_trained
 from ds_prompt.spt.bank import BankConfig, QuerySource, SPTModel, load_bank
 from ds_prompt.spt.mixture import TaskSuite
+from ds_prompt.spt.trained import load_trained
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ Which value is binarized for a gated FFN (Llama/Qwen2/Mistral, gated T5), `neuro
   SiLU/GELU gates is act(gate) > 0 too. Plain FFNs (BERT, GPT-2, ReLU T5) have no gate: "gate" is refused.
 
 Which position, `position`:
-- SCORE ("score", the default of `ds-prompt indicators`): where the family reads its class, the position that
+- SCORE ("score", the default of `ds-prompt transfer indicators`): where the family reads its class, the position that
   has seen the whole prompt, as the papers' released code reads the `<mask>` slot: the mask slot (MLM), the
   last position (causal, left-padded), the first decoding step (T5 decoder FFNs). Embedding-only encoders pool
   every token, so for them SCORE means every token (as position=None);

@@ -60,7 +60,7 @@ def speedup(prompt: str, config: str | None = None, **flags) -> None:
     run's init; --prompt_length defaults to the transferred prompt's). Writes <output_dir>/{random,transfer}/,
     speedup.json (steps and FLOPs to reach the random run's final accuracy) and speedup.png (learning curves).
     """
-    from ds_prompt.transfer.speedup import speedup_config, transfer_speedup
+    from ds_prompt.recipes.tpt import speedup_config, transfer_speedup
     cfg, spec = speedup_config(prompt, config, **flags)
     s = transfer_speedup(cfg, spec)
     _say(f"target accuracy {s['target_accuracy']:.4f} (random init, {cfg.max_steps} steps); steps to reach it: "
@@ -105,7 +105,7 @@ def projector_train(config: str | None = None, **flags) -> None:
     """
     from ds_prompt.config import build_config
     from ds_prompt.recipes.projector import ProjectorTrainConfig, train_projector
-    from ds_prompt.transfer.library import as_list
+    from ds_prompt.transfer.prompt_set import as_list
     for key in ("prompts", "tasks"):
         if key in flags:
             flags[key] = ",".join(as_list(flags[key]))
@@ -126,7 +126,8 @@ def projector_apply(projector: str, prompt: str, output_dir: str, task: str | No
 def library_add(prompt, library: str | None = None, name: str | None = None, overwrite: bool = False) -> None:
     """Add prompt artifacts (--prompt P or P1,P2,...) to the library (--library DIR, default $DS_PROMPT_LIBRARY
     or ./prompt_library); --name names a single entry (default: its task)."""
-    from ds_prompt.transfer.library import add_to_library, prompt_paths
+    from ds_prompt.transfer.library_index import add_to_library
+    from ds_prompt.transfer.prompt_set import prompt_paths
     paths = prompt_paths(prompt)
     if name and len(paths) > 1:
         raise UserError(f"--name {name} names one entry but {len(paths)} prompts were given: add them one by one")
@@ -138,7 +139,7 @@ def library_add(prompt, library: str | None = None, name: str | None = None, ove
 
 def library_list(library: str | None = None, task: str | None = None, model: str | None = None) -> None:
     """List library entries (optionally of one --task / --model)."""
-    from ds_prompt.transfer.library import library_entries
+    from ds_prompt.transfer.library_index import library_entries
     rows = library_entries(library, task, model)
     _say(_table(rows, ("name", "task", "backbone", "prompt_length", "d_model", "accuracy")) if rows
          else "the library is empty")
@@ -151,10 +152,10 @@ def library_recommend(task: str, model: str, library: str | None = None, metric:
     probe prompt trained on --task; `train --init library:best` then starts from the top one.
 
     Probe-run flags are `ds-prompt train` flags (--data_dir --max_steps 50 --lr ...); the probe is cached under
-    <library>/probes/ (or --probe_dir). --samples/--position as in `ds-prompt indicators`.
+    <library>/probes/ (or --probe_dir). --samples/--position as in `ds-prompt transfer indicators`.
     """
+    from ds_prompt.recipes.library import recommend
     from ds_prompt.transfer.indicators import NeuronProbe
-    from ds_prompt.transfer.library import recommend
     probe = NeuronProbe(task=task if int(samples) else None, data_dir=train_flags.get("data_dir"),
                         samples=int(samples), position=_position(position))
     ranking = recommend(task, model, library, metric, probe_dir, probe, deepspeed, dtype, **train_flags)

@@ -49,7 +49,7 @@ def _same_shape(p1: torch.Tensor, p2: torch.Tensor, metric: str) -> None:
 def _same_width(p1: torch.Tensor, p2: torch.Tensor, metric: str) -> None:
     if p1.shape[-1] != p2.shape[-1]:
         raise UserError(f"--metric {metric} needs prompts of one width but they have d={p1.shape[-1]} and "
-                        f"d={p2.shape[-1]}: map one with `ds-prompt projector apply`")
+                        f"d={p2.shape[-1]}: map one with `ds-prompt transfer projector apply`")
 
 
 def cosine(p1: torch.Tensor, p2: torch.Tensor) -> float:
@@ -261,7 +261,7 @@ def spearman_against(rows: list[dict], matrix: list[dict], include_self: bool = 
     return out
 
 
-# ---- the `ds-prompt indicators` workflow ---------------------------------------------------------------------
+# ---- the `ds-prompt transfer indicators` workflow ------------------------------------------------------------
 def compute_indicators(prompts, metric="all", output_dir: str = "runs/indicators", model: str | None = None,
                        against: str | None = None, probe: NeuronProbe | None = None, window: int = 3,
                        deepspeed: str | None = None, dtype: str = "auto", include_self: bool = False) -> dict:

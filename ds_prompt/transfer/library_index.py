@@ -1,6 +1,6 @@
 """The prompt library on disk: a folder of prompts with metadata, its index, its recommendations, and the
 `--init library:...` specs that name its entries. Pure file handling (no model, no engine), so the trainer can
-resolve a library init without importing the recommending recipe (`transfer.library`).
+resolve a library init without importing the recommending recipe (`recipes.library`).
 
 Layout (`--library DIR`, default $DS_PROMPT_LIBRARY or ./prompt_library):
   DIR/library.json                 {"entries": {name: {task, backbone, family, d_model, prompt_length, accuracy,
@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from ds_prompt.artifacts import META_FILE, PROMPT_FILE, load_prompt, save_prompt
+from ds_prompt.config import InitSpec
 from ds_prompt.errors import UserError
 from ds_prompt.io import atomic_path, write_json
 
@@ -94,20 +95,20 @@ def _load_recommendation(root: Path, task: str | None, model: str | None) -> dic
     path = _recommendation_path(root, task, model) if task and model else root / LATEST_RECOMMENDATION
     if not path.is_file():
         raise UserError(f"library {root} has no recommendation{f' for {task} on {model}' if task else ''}: run "
-                        f"`ds-prompt library recommend --library {root} --task T --model M` first")
+                        f"`ds-prompt transfer library recommend --library {root} --task T --model M` first")
     return json.loads(path.read_text())
 
 
-def resolve_library_init(spec: str, task: str | None = None, model: str | None = None) -> str:
+def resolve_library_init(spec: InitSpec | str, task: str | None = None, model: str | None = None) -> str:
     """Path of the prompt artifact named by `library:[DIR#]best|<name>` (for `--init`).
 
     `best` is the top prompt of the recommendation for `task` on `model` when both are given, else of the
     library's latest recommendation. DIR defaults to $DS_PROMPT_LIBRARY or ./prompt_library.
     """
-    kind, _, arg = str(spec).partition(":")
-    if kind != "library" or not arg:
+    spec = InitSpec.parse(spec)
+    if spec.kind != "library":
         raise UserError(f"--init '{spec}' is not a library spec: use library:best or library:<entry name>")
-    folder, _, entry = arg.rpartition("#")
+    folder, _, entry = spec.arg.rpartition("#")
     root = library_dir(folder or None)
     if entry == "best":
         ranking = _load_recommendation(root, task, model)["ranking"]
@@ -116,5 +117,6 @@ def resolve_library_init(spec: str, task: str | None = None, model: str | None =
         entry = ranking[0]["name"]
     if entry not in read_index(str(root))["entries"]:
         known = ", ".join(sorted(read_index(str(root))["entries"])) or "none"
-        raise UserError(f"library {root} has no entry '{entry}' (entries: {known}): `ds-prompt library add` it")
+        raise UserError(f"library {root} has no entry '{entry}' (entries: {known}): `ds-prompt transfer library "
+                        f"add` it")
     return str(root / entry)

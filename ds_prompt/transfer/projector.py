@@ -6,8 +6,7 @@
 Trained with the TARGET task's loss through the frozen TARGET model (not by regressing onto target prompts):
 the projector output replaces the soft prompt (`ProjectedPrompt`) inside `ProjectorObjective`; the training
 recipe is recipes.projector. Saved as projector.safetensors + projector.json; `apply_projector` writes an
-ordinary prompt artifact for the
-target model that `evaluate` and `train --init file:` accept.
+ordinary prompt artifact for the target model that `evaluate` and `train --init file:` accept.
 """
 from __future__ import annotations
 
@@ -88,7 +87,7 @@ class PromptProjector(nn.Module):
         folder = Path(path)
         if not (folder / WEIGHTS_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
             raise UserError(f"'{folder}' holds no {WEIGHTS_FILE} + {CONFIG_FILE}: pass the --output_dir of "
-                            f"`ds-prompt projector train`")
+                            f"`ds-prompt transfer projector train`")
         meta = json.loads((folder / CONFIG_FILE).read_text())
         names = {f.name for f in dataclasses.fields(ProjectorConfig)}
         projector = cls(ProjectorConfig(**{k: v for k, v in meta.items() if k in names}))

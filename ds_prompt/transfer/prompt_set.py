@@ -83,7 +83,7 @@ def common_backbone(prompts: list[PromptRef], model: str | None = None) -> str:
     if len(names) != 1:
         found = ", ".join(names) or "none recorded"
         raise UserError(f"prompts come from backbones ({found}): pass --model M, after mapping foreign prompts "
-                        f"with `ds-prompt projector apply`")
+                        f"with `ds-prompt transfer projector apply`")
     return names[0]
 
 

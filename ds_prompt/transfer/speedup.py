@@ -1,4 +1,5 @@
-"""Transferable prompt tuning (TPT): does a transferred initialization train faster than a random one?
+"""Transferable prompt tuning (TPT) measurements: learning curves, steps to a target, FLOPs per token. The TPT
+job itself (two prompt-tuning runs, random vs transferred init) is the recipe ds_prompt.recipes.tpt.
 
 Two runs of the ordinary trainer with the same seed, data, schedule and step budget: one from the config's
 init (random), one from a transferred prompt (`file:PROMPT`, e.g. the output of `projector apply`, or
@@ -12,22 +13,7 @@ sets the resolution.
 """
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
-
 from torch import nn
-
-from ds_prompt import dist
-from ds_prompt.artifacts import load_prompt_tensor
-from ds_prompt.builders import load_model_for
-from ds_prompt.config import TrainConfig, build_config, load_config_file
-from ds_prompt.errors import UserError
-from ds_prompt.io import write_json
-from ds_prompt.recipes.prompt_tuning import train
-from ds_prompt.transfer.library import resolve_library_init
-from ds_prompt.transfer.plots import learning_curves
-
-RUNS = ("random", "transfer")
 
 
 def learning_curve(metrics: dict) -> list[tuple[int, float]]:
@@ -48,53 +34,3 @@ def matmul_params(model) -> int:
     if out is not None:
         skip.add(id(out.weight))
     return sum(p.numel() for p in model.parameters() if p.dim() == 2 and id(p) not in skip)
-
-
-def transfer_init_spec(init: str, task: str, model: str) -> str:
-    """`--init` spec of the transfer run: file:PATH for a path, library specs resolved for (task, model)."""
-    if init.startswith("library:"):
-        return "file:" + resolve_library_init(init, task=task, model=model)
-    if init.startswith("file:"):
-        return init
-    if ":" in init and not Path(init).exists():
-        raise UserError(f"--init '{init}' is not a transferred prompt: pass a prompt path, file:PATH or library:best")
-    return "file:" + init
-
-
-def transfer_speedup(cfg: TrainConfig, init: str) -> dict:
-    """Train from `cfg.init` and from `init` (same seed/budget) under <output_dir>/{random,transfer}; write
-    speedup.json and speedup.png into <output_dir>. Returns the summary."""
-    out = Path(cfg.output_dir or Path("runs") / f"speedup-{cfg.task}-{cfg.model.replace('/', '_').replace(':', '_')}")
-    base = dataclasses.replace(cfg, resume=False, overwrite=True, save_every=0,
-                               eval_every=cfg.eval_every or max(1, cfg.max_steps // 20))
-    inits = {"random": cfg.init, "transfer": transfer_init_spec(init, cfg.task, cfg.model)}
-    metrics = {run: train(dataclasses.replace(base, output_dir=str(out / run), init=inits[run])) for run in RUNS}
-    curves = {run: learning_curve(m) for run, m in metrics.items()}
-    target = metrics["random"]["accuracy"]
-    steps = {run: steps_to_reach(curves[run], target) for run in RUNS}
-    n_params = matmul_params(load_model_for(cfg.model, cfg.family, cfg.dtype).model)
-    flops_per_step = {run: 4 * n_params * m["tokens"] / max(m["steps"], 1) for run, m in metrics.items()}
-    summary = {
-        "task": cfg.task, "model": cfg.model, "max_steps": cfg.max_steps, "eval_every": base.eval_every,
-        "seed": cfg.seed, "init": inits, "target_accuracy": target,
-        "final_accuracy": {run: m["accuracy"] for run, m in metrics.items()},
-        "accuracy_at_init": {run: m["accuracy_before"] for run, m in metrics.items()},
-        "steps_to_target": steps,
-        "flops_to_target": {run: (steps[run] * flops_per_step[run] if steps[run] is not None else None)
-                            for run in RUNS},
-        "speedup": (steps["random"] / steps["transfer"]) if steps["transfer"] else None,
-        "curves": {run: [list(p) for p in c] for run, c in curves.items()},
-    }
-    dist.on_rank0(write_json, out / "speedup.json", summary)
-    dist.on_rank0(learning_curves, curves, out / "speedup.png", target, f"{cfg.task} on {cfg.model}: random vs "
-                  f"transferred init")
-    return summary
-
-
-def speedup_config(prompt: str, config: str | None = None, **flags) -> tuple[TrainConfig, str]:
-    """(TrainConfig, transfer init spec) from CLI flags; --prompt_length defaults to the transferred prompt's."""
-    cfg = build_config(TrainConfig, config, **flags)
-    spec = transfer_init_spec(prompt, cfg.task, cfg.model)
-    if "prompt_length" not in flags and "prompt_length" not in (load_config_file(config) if config else {}):
-        cfg = dataclasses.replace(cfg, prompt_length=load_prompt_tensor(spec[len("file:"):]).shape[0])
-    return cfg, spec

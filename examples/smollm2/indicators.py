@@ -44,8 +44,8 @@ def main() -> None:
     for variant, (metrics, extra) in VARIANTS.items():
         out = RUNS / "indicators" / variant
         if not (out / "correlation.csv").is_file():
-            cli("indicators", "--prompts", prompts, "--metric", metrics, "--against", against, "--output_dir", out,
-                *extra)
+            cli("transfer", "indicators", "--prompts", prompts, "--metric", metrics, "--against", against,
+                "--output_dir", out, *extra)
             archive(out)
         for r in read_csv(out / "correlation.csv"):
             out_rows.append({"variant": variant, "metric": r["metric"], "spearman": round(float(r["spearman"]), 3),

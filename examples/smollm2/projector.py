@@ -47,7 +47,7 @@ def source_prompt(task: str) -> Path:
 def projector() -> Path:
     out = RUNS / "projector" / "projector"
     if not (out / "projector.json").is_file():
-        cli("projector", "train", "--source_model", SOURCE_MODEL, "--target_model", MODEL, "--prompts",
+        cli("transfer", "projector", "train", "--source_model", SOURCE_MODEL, "--target_model", MODEL, "--prompts",
             source_prompt(TRAIN_ON), "--tasks", TRAIN_ON, "--data_dir", DATA, "--max_steps", STEPS,
             "--eval_limit", EVAL, "--output_dir", out, "--progress", "False")
         archive(out)
@@ -57,7 +57,8 @@ def projector() -> Path:
 def projected_accuracy(task: str) -> dict:
     mapped = RUNS / "projector" / "projected" / task
     if not (mapped / "prompt.safetensors").is_file():
-        cli("projector", "apply", "--projector", projector(), "--prompt", source_prompt(task), "--output_dir", mapped)
+        cli("transfer", "projector", "apply", "--projector", projector(), "--prompt", source_prompt(task),
+            "--output_dir", mapped)
     result = read_json(mapped / f"eval_{task}.json")
     if result is None:
         cli("evaluate", "--prompt", mapped, "--task", task, "--data_dir", DATA, "--limit", EVAL)

@@ -1,7 +1,8 @@
-"""Recommending prompt-library entries for a new task (a short probe run, then indicators against every entry).
+"""The library recipe (`ds-prompt transfer library recommend`): rank a prompt library's entries for a new task
+by a short probe run, then indicators (ON by default) of the probe against every entry.
 
-The library folder itself (index, entries, recommendations, `--init library:` specs) is `transfer.library_index`;
-prompt sets are `transfer.prompt_set`; both are re-exported here.
+The library folder itself (index, entries, recommendations, `--init library:` specs) is
+`transfer.library_index`; prompt sets are `transfer.prompt_set`.
 """
 from __future__ import annotations
 
@@ -22,31 +23,10 @@ from ds_prompt.transfer.indicators import (
     NeuronRecorder,
     activated_neuron_overlap,
 )
-from ds_prompt.transfer.library_index import (  # noqa: F401
-    DEFAULT_LIBRARY,
-    INDEX_FILE,
-    LATEST_RECOMMENDATION,
-    LIBRARY_ENV,
-    _pair_slug,
-    add_to_library,
-    library_dir,
-    library_entries,
-    read_index,
-    resolve_library_init,
-    save_recommendation,
-)
-from ds_prompt.transfer.prompt_set import (  # noqa: F401
-    PromptRef,
-    as_list,
-    common_backbone,
-    head_kind,
-    load_prompt_set,
-    prompt_paths,
-    recorded_family,
-)
+from ds_prompt.transfer.library_index import _pair_slug, library_dir, library_entries, save_recommendation
+from ds_prompt.transfer.prompt_set import PromptRef
 
 
-# ---- recommending library prompts for a task -----------------------------------------------------------------
 def _pair_indicators(probe: PromptRef, entry: PromptRef, probe_masks, entry_masks) -> dict:
     """Every indicator of (entry, probe) that applies: flattened ones only for equal shapes."""
     values = {}
@@ -79,8 +59,8 @@ def recommend(task: str, model: str, library: str | None = None, metric: str = "
         raise UserError(f"--metric '{metric}' is unknown: use one of {', '.join(METRICS)}")
     entries = library_entries(library, model=model)
     if not entries:
-        raise UserError(f"library {library_dir(library)} has no prompts trained on {model}: `ds-prompt library "
-                        f"add` some, or map foreign prompts with `ds-prompt projector apply` first")
+        raise UserError(f"library {library_dir(library)} has no prompts trained on {model}: `ds-prompt transfer "
+                        f"library add` some, or map foreign prompts with `ds-prompt transfer projector apply` first")
     length = Counter(e["prompt_length"] for e in entries).most_common(1)[0][0]
     root = library_dir(library)
     probe_dir = probe_dir or str(root / "probes" / _pair_slug(task, model))

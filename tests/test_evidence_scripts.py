@@ -59,8 +59,14 @@ def test_pt_spt_fpt_tpt_tables(results):
     pt = "\n".join(render_readme.pt_section())
     assert "0.850 ± 0.029" in pt and "1 of 1 tasks (sst2)" in pt
     _csv(results, "pt_tasks", [{"task": "cola", "seed": 42, "steps": 250, "n_eval": 1000, "accuracy_before": 0.5,
-                                "accuracy": 0.7, "metric": "matthews", "headline": 0.31}])
-    assert "| matthews 0.310 |" in "\n".join(render_readme.pt_section())
+                                "accuracy": 0.7, "metric": "matthews", "headline": 0.31, "majority": 0.6}])
+    pt = "\n".join(render_readme.pt_section())
+    assert "| 0.600 | 0.500 | 0.700 | matthews 0.310 |" in pt and "1 of 1 tasks (cola)" in pt
+    # +30 points, but only to the majority-class rate: not counted as learned, and said so
+    _csv(results, "pt_tasks", [{"task": "cola", "seed": 42, "steps": 250, "n_eval": 1000, "accuracy_before": 0.31,
+                                "accuracy": 0.681, "metric": "matthews", "headline": 0.023, "majority": 0.691}])
+    pt = "\n".join(render_readme.pt_section())
+    assert "0 of 1 tasks (none)" in pt and "On cola the gain only reaches the majority-class rate" in pt
     _csv(results, "spt", [{"mode": m, "seed": s, "steps": 300, "rte": v, "qnli": v, "snli": v, "heldout_mean": v,
                            "n_eval": "277/300/300"} for m, v in (("spt", 0.6), ("shared", 0.5)) for s in (42, 43)])
     assert "**reproduced**" in "\n".join(render_readme.spt_section())
@@ -97,3 +103,13 @@ def test_plots_are_written(tmp_path):
     for name in ("fpt", "tpt", "matrix"):
         assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     assert common.mean_se([1.0, 3.0]) == (2.0, 1.0)
+
+
+def test_majority_rate_is_read_from_the_runs_eval_subset():
+    import pt_tasks
+    from ds_prompt.data.tasks import get_task
+    rows = [json.loads(line) for line in open(f"{common.DATA}/rte/validation.jsonl")]
+    labels = [r["label"] for r in rows]  # rte has 277 validation examples: under the cap, so all of them
+    want = max(labels.count(name) for name in set(labels)) / len(labels)
+    assert len(rows) == 277 and get_task("rte").labels
+    assert pt_tasks.majority_rate("rte", 42, 277) == pytest.approx(want)

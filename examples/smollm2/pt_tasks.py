@@ -1,7 +1,8 @@
 """Prompt tuning per task on SmolLM2-135M: untrained -> trained accuracy (label words, last position).
 
 8 tasks; 3 seeds for sst2, agnews and qnli (mean and standard error), 1 for the others. Validation sets
-capped at EVAL_LIMIT (1000). Writes docs/results/pt_tasks.csv (one row per run) and pt_tasks.json.
+capped at EVAL_LIMIT (1000). Writes docs/results/pt_tasks.csv (one row per run, with the majority-class rate of
+its eval subset) and pt_tasks.json.
 
     python examples/smollm2/pt_tasks.py [--phase first|extra|all]   # resumable: re-run to continue
 
@@ -11,10 +12,15 @@ trains nothing and only writes the CSV of the runs finished so far (e.g. from th
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from pathlib import Path
+
+from ds_prompt.data.loading import load_examples
+from ds_prompt.data.tasks import get_task
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import (  # noqa: E402
+    DATA,
     EVAL_LIMIT,
     INIT,
     LR,
@@ -39,6 +45,14 @@ def prompt_dir(task: str, seed: int = SEEDS[0]) -> Path:
     return RUNS / "prompts" / f"{task}-s{seed}"
 
 
+def majority_rate(task: str, seed: int, n_eval: int) -> float:
+    """Accuracy of always predicting the most common label on the run's eval subset (the trainer's subset rule,
+    `eval_subset(limit, seed)`): the floor a prompt must beat to have learned anything."""
+    examples = load_examples(get_task(task), "eval", DATA, limit=EVAL_LIMIT, seed=seed)
+    assert len(examples) == n_eval, (task, len(examples), n_eval)  # the same subset the run evaluated
+    return Counter(e.label for e in examples).most_common(1)[0][1] / len(examples)
+
+
 def runs(phase: str = "all") -> list[tuple[str, int]]:
     """Seed 42 of every task first (the transfer experiments need them), then the extra seeds."""
     first = [(t, SEEDS[0]) for t in TASKS]
@@ -59,7 +73,8 @@ def main(phase: str = "all") -> None:
         headline = m.get(metric) if metric != "accuracy" else m["accuracy"]
         rows.append({"task": task, "seed": seed, "steps": m["steps"], "n_eval": m["eval_n"],
                      "accuracy_before": round(m["accuracy_before"], 4), "accuracy": round(m["accuracy"], 4),
-                     "metric": metric, "headline": "" if headline is None else round(headline, 4)})
+                     "metric": metric, "headline": "" if headline is None else round(headline, 4),
+                     "majority": round(majority_rate(task, seed, m["eval_n"]), 4)})
     write_csv(RESULTS / "pt_tasks.csv", rows)
     meta_json("pt_tasks", steps=STEPS, lr=LR, eval_limit=EVAL_LIMIT, seeds=list(SEEDS), multi_seed=MULTI_SEED,
               batch_size=16, prompt_length=20, init=INIT)

@@ -6,7 +6,7 @@ against the pt run with --pt_reference) gives PT's accuracy at the plan's FLOPs 
 to first reach PT's final accuracy. Uniform init (the FPT paper's setting). Writes docs/results/fpt.csv and
 fpt.png (accuracy over FLOPs).
 
-    python examples/smollm2/fpt.py
+    python examples/smollm2/fpt.py [--no-train]   # --no-train: tabulate the runs finished so far, start none
 """
 from __future__ import annotations
 
@@ -37,10 +37,11 @@ TASKS, PLANS = ("sst2", "agnews"), ("pt", "ld", "fr", "cr")
 STEPS, EVAL_EVERY, EVAL, SEED = 250, 25, 500, 42
 
 
-def run(task: str, plan: str) -> dict:
+def run(task: str, plan: str, train: bool = True) -> dict | None:
+    """The plan's fpt_report.json, running the plan first if it is not finished (None: unfinished, train=False)."""
     out = RUNS / "fpt" / task / plan
     report = read_json(out / "fpt_report.json")
-    if report is None:
+    if report is None and train:
         extra = () if plan == "pt" else ("--pt_reference", RUNS / "fpt" / task / "pt")
         cli("fpt", "--plan", plan, "--model", MODEL, "--task", task, "--data_dir", DATA, "--output_dir", out,
             "--max_steps", STEPS, "--lr", LR, "--seed", SEED, "--init", "uniform", "--eval_every", EVAL_EVERY,
@@ -53,7 +54,13 @@ def run(task: str, plan: str) -> dict:
 def plot(reports: dict, path: Path) -> None:
     fig, axes = figure(len(TASKS), (5.5, 4))
     for ax, task in zip(axes, TASKS):
+        if not any(reports[task].values()):
+            ax.text(0.5, 0.5, "not run yet", ha="center", va="center", transform=ax.transAxes)
+            ax.set_title(f"FPT on {MODEL}: {task}")
+            continue
         for plan in PLANS:
+            if reports[task].get(plan) is None:
+                continue
             curve = reports[task][plan]["curve"]
             ax.plot([p["flops"] / 1e15 for p in curve], [p["accuracy"] for p in curve], marker="o", ms=2.5,
                     label=plan)
@@ -62,13 +69,15 @@ def plot(reports: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
-def main() -> None:
+def main(train: bool = True) -> None:
     restore()
-    reports = {task: {plan: run(task, plan) for plan in PLANS} for task in TASKS}
+    reports = {task: {plan: run(task, plan, train) for plan in PLANS} for task in TASKS}
     rows = []
     for task in TASKS:
         for plan in PLANS:
             r = reports[task][plan]
+            if r is None:
+                continue
             c = r["pt_comparison"]
             reach = c["plan_flops_to_pt_final_fraction"]
             rows.append({"task": task, "plan": plan, "accuracy": round(r["accuracy"], 4),
@@ -86,4 +95,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(train="--no-train" not in sys.argv)

@@ -107,6 +107,7 @@ def test_plots_are_written(tmp_path):
 
 def test_majority_rate_is_read_from_the_runs_eval_subset():
     import pt_tasks
+
     from ds_prompt.data.tasks import get_task
     rows = [json.loads(line) for line in open(f"{common.DATA}/rte/validation.jsonl")]
     labels = [r["label"] for r in rows]  # rte has 277 validation examples: under the cap, so all of them

@@ -38,7 +38,11 @@ EVAL_LIMIT = int(os.environ.get("EVAL_LIMIT", 1000))
 # while the vocab-init probe's loss fell from the start (runs/smollm2/normal_init/ keeps those runs).
 INIT = os.environ.get("INIT", "vocab")
 SAVE_EVERY = 25
-SEEDS = (42, 43, 44)
+# EVIDENCE_SEEDS=42 runs (and tabulates) a first seed only, so every experiment has a number before the
+# slower multi-seed passes; the first seed must stay 42 (the transfer experiments read seed 42's prompts).
+SEEDS = tuple(int(s) for s in os.environ.get("EVIDENCE_SEEDS", "42,43,44").split(","))
+if SEEDS[0] != 42:
+    raise SystemExit(f"EVIDENCE_SEEDS must start with 42 (got {SEEDS}): transfer reads seed 42's prompts")
 ARCHIVE = Path(os.environ.get("EVIDENCE_ARCHIVE", RESULTS / "smollm2_runs"))
 _ARCHIVED = (".json", ".csv", ".safetensors")  # a finished part's results; checkpoints and tb/ stay scratch
 _SCRATCH = ("checkpoints", "tb")

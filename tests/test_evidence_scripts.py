@@ -75,9 +75,20 @@ def test_pt_spt_fpt_tpt_tables(results):
                            "n_eval": 500} for p, f, r in (("pt", 1.0, 1.0), ("ld", 0.7, 0.65), ("cr", 0.6, ""))])
     assert "reproduced for 1 of 2 task/plan pairs" in "\n".join(render_readme.fpt_section())
     _csv(results, "tpt", [{"init": i, "seed": 42, "accuracy_at_init": 0.5, "final_accuracy": 0.8,
+                           "target_accuracy": 0.8, "steps_to_target": st, "tflops_to_target": st and 1.0,
+                           "max_steps": 150, "eval_every": 15, "n_eval": 500, "steps_to_vocab_target": sv}
+                          for i, st, sv in (("random", 150, ""), ("vocab", 45, 150), ("sst2", 30, 60),
+                                            ("agnews", "", ""))])
+    tpt = "\n".join(render_readme.tpt_section())
+    assert "**reproduced**" in tpt and "to the vocab init's final accuracy: **yes**" in tpt
+    assert "dissimilar-task (agnews) init to random's final accuracy: **yes**" in tpt
+    assert "| agnews | 0.500 | 0.800 | 0/1 | - | - | - | - |" in tpt
+    # the random-init target never reached by the transferred init: not reproduced
+    _csv(results, "tpt", [{"init": i, "seed": 42, "accuracy_at_init": 0.5, "final_accuracy": 0.8,
                            "target_accuracy": 0.8, "steps_to_target": st, "tflops_to_target": 1.0, "max_steps": 150,
-                           "eval_every": 15, "n_eval": 500} for i, st in (("random", 150), ("sst2", 30))])
-    assert "**reproduced**" in "\n".join(render_readme.tpt_section())
+                           "eval_every": 15, "n_eval": 500} for i, st in (("random", 150), ("sst2", ""))])
+    tpt = "\n".join(render_readme.tpt_section())
+    assert "**not reproduced**" in tpt and "**neither reached it**" in tpt
 
 
 def test_readme_block_is_replaced_in_place(results, tmp_path, monkeypatch):

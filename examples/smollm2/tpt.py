@@ -4,7 +4,9 @@ baseline), from sampled vocabulary embeddings (the init of this project's PT run
 
 For each seed the random-init run's final accuracy is the target; the table gives the steps and FLOPs each
 init needed to first reach it (evaluated every EVAL_EVERY steps on <= EVAL examples; FLOPs = 4 N tokens, as
-`ds-prompt transfer speedup`). Writes docs/results/tpt.csv (one row per run), tpt.png (mean learning curves).
+`ds-prompt transfer speedup`). A second target, the vocab-init run's final accuracy, asks the same of the
+stronger baseline this project's PT runs use. Writes docs/results/tpt.csv (one row per run), tpt.png (mean
+learning curves).
 
     python examples/smollm2/tpt.py                 # needs pt_tasks.py --phase first
 """
@@ -54,16 +56,18 @@ def main() -> None:
     rows, curves = [], {init: [] for init in INITS}
     for seed in SEEDS:
         metrics = {init: run(init, seed) for init in INITS}
-        target = metrics["random"]["accuracy"]
+        target, vocab_target = metrics["random"]["accuracy"], metrics["vocab"]["accuracy"]
         for init, m in metrics.items():
             curve = learning_curve(m)
             curves[init].append(curve)
-            steps = steps_to_reach(curve, target)
+            steps, steps_vocab = steps_to_reach(curve, target), steps_to_reach(curve, vocab_target)
             flops_per_step = per_token * m["tokens"] / m["steps"]
             rows.append({"init": init, "seed": seed, "accuracy_at_init": round(m["accuracy_before"], 4),
                          "final_accuracy": round(m["accuracy"], 4), "target_accuracy": round(target, 4),
                          "steps_to_target": "" if steps is None else steps,
                          "tflops_to_target": "" if steps is None else round(steps * flops_per_step / 1e12, 2),
+                         "vocab_target_accuracy": round(vocab_target, 4),
+                         "steps_to_vocab_target": "" if steps_vocab is None else steps_vocab,
                          "max_steps": STEPS, "eval_every": EVAL_EVERY, "n_eval": m["eval_n"]})
     write_csv(RESULTS / "tpt.csv", rows)
     plot(curves, RESULTS / "tpt.png")

@@ -56,6 +56,8 @@ def log(text: str) -> None:
 def cli(*args: str) -> None:
     """Run `ds-prompt ARGS` (same interpreter), failing loudly: evidence must never hide a crash."""
     cmd = [sys.executable, "-m", "ds_prompt.cli", *map(str, args)]
+    if os.environ.get("EVIDENCE_NO_TRAIN"):  # tabulating finished parts only (e.g. while run_all.sh runs elsewhere)
+        raise SystemExit("EVIDENCE_NO_TRAIN is set, not running: ds-prompt " + " ".join(map(str, args)))
     log("$ ds-prompt " + " ".join(map(str, args)))
     env = dict(os.environ, DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"))
     subprocess.run(cmd, check=True, env=env, cwd=ROOT)

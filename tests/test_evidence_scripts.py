@@ -74,6 +74,10 @@ def test_pt_spt_fpt_tpt_tables(results):
                            0.7, "pt_final_accuracy": 0.8, "flops_to_pt_final_fraction": r, "wall_s": 10, "steps": 250,
                            "n_eval": 500} for p, f, r in (("pt", 1.0, 1.0), ("ld", 0.7, 0.65), ("cr", 0.6, ""))])
     assert "reproduced for 1 of 2 task/plan pairs" in "\n".join(render_readme.fpt_section())
+    _csv(results, "fpt", [{"task": "sst2", "plan": "pt", "accuracy": 0.8, "flops_fraction": 1.0,
+                           "pt_accuracy_at_equal_flops": 0.8, "pt_final_accuracy": 0.8, "flops_to_pt_final_fraction": 1,
+                           "wall_s": 1683, "wall_note": "void: paused", "steps": 250, "n_eval": 500}])
+    assert "| 1683 (void: paused) |" in "\n".join(render_readme.fpt_section())
     _csv(results, "tpt", [{"init": i, "seed": 42, "accuracy_at_init": 0.5, "final_accuracy": 0.8,
                            "target_accuracy": 0.8, "steps_to_target": st, "tflops_to_target": st and 1.0,
                            "max_steps": 150, "eval_every": 15, "n_eval": 500, "steps_to_vocab_target": sv}

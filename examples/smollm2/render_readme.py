@@ -191,7 +191,8 @@ def projector_section() -> list[str]:
 def fpt_section() -> list[str]:
     rows, meta = _results("fpt")
     table = [[r["task"], r["plan"], r["accuracy"], r["flops_fraction"], r["pt_accuracy_at_equal_flops"],
-              r["pt_final_accuracy"], r["flops_to_pt_final_fraction"] or "not reached", r["wall_s"]] for r in rows]
+              r["pt_final_accuracy"], r["flops_to_pt_final_fraction"] or "not reached",
+              f'{r["wall_s"]} ({r["wall_note"]})' if r.get("wall_note") else r["wall_s"]] for r in rows]
     saving = [r for r in rows if r["plan"] != "pt" and r["flops_to_pt_final_fraction"]
               and float(r["flops_to_pt_final_fraction"]) <= 0.7]
     partial = [r for r in rows if r["plan"] != "pt"]

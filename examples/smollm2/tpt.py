@@ -42,7 +42,7 @@ def plot(curves: dict, path: Path) -> None:
         mean = [sum(c[i][1] for c in per_seed) / len(per_seed) for i in range(len(steps))]
         ax.plot(steps, mean, marker="o", ms=3, label=f"init: {init}" + (" prompt" if init in ("sst2", "agnews")
                                                                         else ""))
-    finish_axes(ax, "step", f"{TARGET} accuracy (mean of {len(SEEDS)} seeds)",
+    finish_axes(ax, "step", f"{TARGET} accuracy (mean of {len(SEEDS)} seed{'s' if len(SEEDS) > 1 else ''})",
                 f"TPT on {MODEL}: {TARGET} from transferred vs random init")
     save_figure(fig, path)
 

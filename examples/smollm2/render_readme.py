@@ -224,6 +224,9 @@ def spt_section() -> list[str]:
     means = {mode: mean_se([float(r["heldout_mean"]) for r in rs]) for mode, rs in by_mode.items()}
     spt, shared = means.get("spt", (0, 0)), means.get("shared", (0, 0))
     verdict = "reproduced" if spt[0] - shared[0] > spt[1] + shared[1] else "not reproduced"
+    if min((len(rs) for rs in by_mode.values()), default=0) < 2:  # no standard error yet: the rule cannot decide
+        verdict = (f"undecided on one seed (SPT {(spt[0] - shared[0]) * 100:+.1f} points over shared; "
+                   "the rule needs the standard errors of 3 seeds)")
     return [_caption("spt", seen=",".join(meta.get("seen", [])), **{"held out": ",".join(heldout)},
                      steps=meta.get("steps"), seeds=len(meta.get("seeds", [])),
                      **{"n eval": f"<= {meta.get('eval_limit')} per task"}), "",

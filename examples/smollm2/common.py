@@ -40,7 +40,8 @@ INIT = os.environ.get("INIT", "vocab")
 SAVE_EVERY = 25
 # EVIDENCE_SEEDS=42 runs (and tabulates) a first seed only, so every experiment has a number before the
 # slower multi-seed passes; the first seed must stay 42 (the transfer experiments read seed 42's prompts).
-SEEDS = tuple(int(s) for s in os.environ.get("EVIDENCE_SEEDS", "42,43,44").split(","))
+PLANNED_SEEDS = (42, 43, 44)
+SEEDS = tuple(int(s) for s in os.environ.get("EVIDENCE_SEEDS", ",".join(map(str, PLANNED_SEEDS))).split(","))
 if SEEDS[0] != 42:
     raise SystemExit(f"EVIDENCE_SEEDS must start with 42 (got {SEEDS}): transfer reads seed 42's prompts")
 ARCHIVE = Path(os.environ.get("EVIDENCE_ARCHIVE", RESULTS / "smollm2_runs"))

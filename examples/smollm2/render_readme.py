@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, ROOT, mean_se, read_csv  # noqa: E402
+from common import PLANNED_SEEDS, RESULTS, ROOT, mean_se, read_csv  # noqa: E402
 
 BEGIN, END = "<!-- evidence:begin -->", "<!-- evidence:end -->"
 MAJORITY_MARGIN = 0.02  # a prompt must beat always-the-most-common-label by this much
@@ -156,13 +156,14 @@ def tpt_section() -> list[str]:
 
     sst2, agnews = steps.get("sst2", inf), steps.get("agnews", inf)
     similar = "neither reached it" if sst2 == agnews == inf else yes(sst2, agnews)
+    sst2_faster = sst2 < steps.get("random", 0)
     checks = (f"sst2 init faster than random init to random's final accuracy ({target}): "
-              f"**{yes(steps.get('sst2', inf), steps.get('random', 0))}**; "
+              f"**{'yes' if sst2_faster else 'no'}**; "
               f"faster than the vocab init to the vocab init's final accuracy: "
               f"**{yes(steps_vocab.get('sst2', inf), steps_vocab.get('vocab', 0))}**; "
               f"similar-task (sst2) init faster than dissimilar-task (agnews) init to random's final accuracy: "
               f"**{similar}**")
-    verdict = ("reproduced" if steps.get("sst2", inf) < steps.get("random", 0) else "not reproduced")
+    verdict = "reproduced" if sst2_faster else "not reproduced"
     random_rows = by_init.get("random", [])
     random_gain = (sum(float(r["final_accuracy"]) - float(r["accuracy_at_init"]) for r in random_rows)
                    / len(random_rows) if random_rows else None)
@@ -179,7 +180,7 @@ def tpt_section() -> list[str]:
             "the init of this project's PT runs); `-` = not reached in the budget, 0 = already at init. "
             "Transferred prompts are good initializations (Su et al.): rule, reproduced when the sst2 init reaches "
             f"random init's final accuracy in fewer steps than random init on average: **{verdict}**. {checks}.{weak}"
-            + (f" (Single seed so far; {3 - n_seeds} more seeds pending.)" if n_seeds < 3 else ""),
+            + (f" ({n_seeds} of {len(PLANNED_SEEDS)} seeds so far.)" if n_seeds < len(PLANNED_SEEDS) else ""),
             "", "![TPT curves](docs/results/tpt.png)"]
 
 
@@ -226,7 +227,7 @@ def spt_section() -> list[str]:
     verdict = "reproduced" if spt[0] - shared[0] > spt[1] + shared[1] else "not reproduced"
     if min((len(rs) for rs in by_mode.values()), default=0) < 2:  # no standard error yet: the rule cannot decide
         verdict = (f"undecided on one seed (SPT {(spt[0] - shared[0]) * 100:+.1f} points over shared; "
-                   "the rule needs the standard errors of 3 seeds)")
+                   f"the rule needs the standard errors of {len(PLANNED_SEEDS)} seeds)")
     return [_caption("spt", seen=",".join(meta.get("seen", [])), **{"held out": ",".join(heldout)},
                      steps=meta.get("steps"), seeds=len(meta.get("seeds", [])),
                      **{"n eval": f"<= {meta.get('eval_limit')} per task"}), "",

@@ -74,9 +74,11 @@ def test_pt_spt_fpt_tpt_tables(results):
                            "n_eval": "277/300/300"} for m, v in (("spt", 0.4503), ("shared", 0.4474))])
     assert "**undecided on one seed (SPT +0.3 points over shared" in "\n".join(render_readme.spt_section())
     _csv(results, "fpt", [{"task": "sst2", "plan": p, "accuracy": 0.8, "flops_fraction": f, "pt_accuracy_at_equal_flops":
-                           0.7, "pt_final_accuracy": 0.8, "flops_to_pt_final_fraction": r, "wall_s": 10, "steps": 250,
-                           "n_eval": 500} for p, f, r in (("pt", 1.0, 1.0), ("ld", 0.7, 0.65), ("cr", 0.6, ""))])
-    assert "reproduced for 1 of 2 task/plan pairs" in "\n".join(render_readme.fpt_section())
+                           0.70213, "pt_final_accuracy": 0.8, "flops_to_pt_final_fraction": r, "wall_s": 10,
+                           "steps": 250, "n_eval": 500} for p, f, r in (("pt", 1.0, 1.0), ("ld", 0.7, 0.65), ("cr", 0.6, ""))])
+    fpt_text = "\n".join(render_readme.fpt_section())
+    assert "reproduced for 1 of 2 task/plan pairs" in fpt_text
+    assert "| sst2 | cr | 0.800 | 0.6 | 0.702 | 0.800 | not reached | 10 |" in fpt_text  # interpolated, table precision
     _csv(results, "fpt", [{"task": "sst2", "plan": "pt", "accuracy": 0.8, "flops_fraction": 1.0,
                            "pt_accuracy_at_equal_flops": 0.8, "pt_final_accuracy": 0.8, "flops_to_pt_final_fraction": 1,
                            "wall_s": 1683, "wall_note": "void: paused", "steps": 250, "n_eval": 500}])

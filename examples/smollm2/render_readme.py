@@ -195,10 +195,15 @@ def projector_section() -> list[str]:
             "Qualitative: one projector, trained on one task, with small budgets."]
 
 
+def _fixed(value: str, digits: int = 3) -> str:
+    """A CSV number at the tables' precision (empty stays empty)."""
+    return f"{float(value):.{digits}f}" if value not in ("", None) else ""
+
+
 def fpt_section() -> list[str]:
     rows, meta = _results("fpt")
-    table = [[r["task"], r["plan"], r["accuracy"], r["flops_fraction"], r["pt_accuracy_at_equal_flops"],
-              r["pt_final_accuracy"], r["flops_to_pt_final_fraction"] or "not reached",
+    table = [[r["task"], r["plan"], _fixed(r["accuracy"]), r["flops_fraction"], _fixed(r["pt_accuracy_at_equal_flops"]),
+              _fixed(r["pt_final_accuracy"]), r["flops_to_pt_final_fraction"] or "not reached",
               f'{r["wall_s"]} ({r["wall_note"]})' if r.get("wall_note") else r["wall_s"]] for r in rows]
     saving = [r for r in rows if r["plan"] != "pt" and r["flops_to_pt_final_fraction"]
               and float(r["flops_to_pt_final_fraction"]) <= 0.7]
@@ -209,6 +214,8 @@ def fpt_section() -> list[str]:
                      **{"eval every": meta.get("eval_every"), "n eval": meta.get("eval_limit")}), "",
             *_table(["task", "plan", "final accuracy", "FLOPs / PT", "PT accuracy at equal FLOPs",
                      "PT final accuracy", "FLOPs to reach PT final / PT FLOPs", "wall s"], table), "",
+            "PT accuracy at equal FLOPs: PT's accuracy at the step where it has spent the plan's FLOPs, linearly "
+            "interpolated between PT's evaluations of the same seed.", "",
             "FPT saves > 30% of the compute at PT's accuracy (Huang et al.): rule, reproduced for a plan when it "
             f"first reaches PT's final accuracy (full-model evaluations only) with <= 70% of PT's FLOPs: "
             f"**{verdict}**.", "", "![FPT accuracy over FLOPs](docs/results/fpt.png)"]

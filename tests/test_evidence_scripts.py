@@ -2,6 +2,8 @@
 the CSVs (each verdict follows its stated rule), and the plots are written."""
 import csv
 import json
+import os
+import subprocess
 import sys
 
 import pytest
@@ -138,3 +140,22 @@ def test_majority_rate_is_read_from_the_runs_eval_subset():
     want = max(labels.count(name) for name in set(labels)) / len(labels)
     assert len(rows) == 277 and get_task("rte").labels
     assert pt_tasks.majority_rate("rte", 42, 277) == pytest.approx(want)
+
+
+def test_scripts_use_the_checkout_they_sit_in(tmp_path, monkeypatch):
+    """A worktree's evidence scripts import and run that worktree's ds_prompt, not another checkout's editable
+    install: common puts the checkout first on sys.path and on the runs' PYTHONPATH."""
+    probe = ("import sys; sys.path.insert(0, 'examples/smollm2'); import common, ds_prompt, pathlib; "
+             "print(pathlib.Path(ds_prompt.__file__).resolve().parents[1])")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-I", "-c", probe.replace("'examples", f"'{REPO}/examples")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(common.ROOT)
+    seen = {}
+    monkeypatch.setattr(common.subprocess, "run", lambda cmd, **kw: seen.update(kw))
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    monkeypatch.delenv("EVIDENCE_NO_TRAIN", raising=False)
+    monkeypatch.setattr(common, "log", lambda *a: None)
+    common.cli("train", "--max_steps", 1)
+    assert seen["env"]["PYTHONPATH"].split(os.pathsep) == [str(common.ROOT), "/elsewhere"]
+    assert seen["cwd"] == common.ROOT

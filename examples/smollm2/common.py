@@ -25,6 +25,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+# the scripts and the runs they start import the ds_prompt of this checkout (a worktree, a fresh clone), never
+# whatever another checkout's editable install points at
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 DATA = os.environ.get("DATA", str(ROOT.parent / "shared" / "data"))
 RUNS = Path(os.environ.get("EVIDENCE_RUNS", ROOT / "runs" / "smollm2"))
 RESULTS = ROOT / "docs" / "results"
@@ -60,7 +64,8 @@ def cli(*args: str) -> None:
     if os.environ.get("EVIDENCE_NO_TRAIN"):  # tabulating finished parts only (e.g. while run_all.sh runs elsewhere)
         raise SystemExit("EVIDENCE_NO_TRAIN is set, not running: ds-prompt " + " ".join(map(str, args)))
     log("$ ds-prompt " + " ".join(map(str, args)))
-    env = dict(os.environ, DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"))
+    env = dict(os.environ, DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"),
+               PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))))
     subprocess.run(cmd, check=True, env=env, cwd=ROOT)
 
 

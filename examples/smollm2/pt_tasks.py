@@ -15,11 +15,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from ds_prompt.data.loading import load_examples
-from ds_prompt.data.tasks import get_task
-
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (  # noqa: E402
+from common import (  # noqa: E402  (first: it puts this checkout's ds_prompt on sys.path)
     DATA,
     EVAL_LIMIT,
     INIT,
@@ -36,6 +33,9 @@ from common import (  # noqa: E402
     train,
     write_csv,
 )
+
+from ds_prompt.data.loading import load_examples  # noqa: E402
+from ds_prompt.data.tasks import get_task  # noqa: E402
 
 TASKS = ("sst2", "mr", "agnews", "qnli", "snli", "rte", "mrpc", "cola")
 MULTI_SEED = ("sst2", "agnews", "qnli")

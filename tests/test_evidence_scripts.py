@@ -77,10 +77,13 @@ def test_pt_spt_fpt_tpt_tables(results):
     assert "**undecided on one seed (SPT +0.3 points over shared" in "\n".join(render_readme.spt_section())
     _csv(results, "fpt", [{"task": "sst2", "plan": p, "accuracy": 0.8, "flops_fraction": f, "pt_accuracy_at_equal_flops":
                            0.70213, "pt_final_accuracy": 0.8, "flops_to_pt_final_fraction": r, "wall_s": 10,
-                           "steps": 250, "n_eval": 500} for p, f, r in (("pt", 1.0, 1.0), ("ld", 0.7, 0.65), ("cr", 0.6, ""))])
+                           "steps": 250, "n_eval": 500, "training_flops_fraction": f - 0.1 * (p == "cr"),
+                           "scoring_samples": 1000 * (p == "cr")}
+                          for p, f, r in (("pt", 1.0, 1.0), ("ld", 0.7, 0.65), ("cr", 0.6, ""))])
     fpt_text = "\n".join(render_readme.fpt_section())
     assert "reproduced for 1 of 2 task/plan pairs" in fpt_text
-    assert "| sst2 | cr | 0.800 | 0.6 | 0.702 | 0.800 | not reached | 10 |" in fpt_text  # interpolated, table precision
+    assert "| sst2 | cr | 0.800 | 0.6 | 0.5 | 0.702 | 0.800 | not reached | 10 |" in fpt_text  # table precision
+    assert "score the FFN neurons of fr and cr (1000 samples)" in fpt_text
     _csv(results, "fpt", [{"task": "sst2", "plan": "pt", "accuracy": 0.8, "flops_fraction": 1.0,
                            "pt_accuracy_at_equal_flops": 0.8, "pt_final_accuracy": 0.8, "flops_to_pt_final_fraction": 1,
                            "wall_s": 1683, "wall_note": "void: paused", "steps": 250, "n_eval": 500}])

@@ -422,3 +422,28 @@ def test_analytic_forward_flops_equal_torch_flop_counter(arch, shortcuts):
     assert counter.get_total_flops() == pytest.approx(analytic, rel=1e-12)
     if taken is not None and taken.last_layer:  # and the shortcuts did compute less
         assert analytic < step_flops(shape, LengthStats.fixed(3 + 9), 2, backward="standard", layers_only=True) / 3
+
+
+# MLM heads are left out: their d x d transform runs inside the backbone module, so the counter cannot split it
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "t5_gated"])
+def test_neuron_scoring_forward_flops_equal_torch_flop_counter(arch):
+    """What FPT's report charges for neuron scoring (forward_flops per sample) is what the scoring forwards
+    compute in the model's layers: every position of every layer, counted by torch.utils.flop_counter (the
+    tiny label-word head is charged by the ledger's head convention, the same as in training steps)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ds_prompt.fpt.flops import forward_flops
+    from tests.helpers import prompted_tiny
+    bb, model, _ = prompted_tiny(arch, prompt_length=3)
+    bb.model.set_attn_implementation("eager")  # the CPU SDPA kernel has no FLOP formula in the counter
+    model.shortcuts = True  # scoring must switch them off by itself
+    model.requires_grad_(False)  # the counter's module hooks cannot follow a trainable leaf under no_grad
+    batches = [{"input_ids": torch.randint(5, 100, (2, 9)), "attention_mask": torch.ones(2, 9, dtype=torch.long),
+                "score_index": torch.full((2,), 4, dtype=torch.long)} for _ in range(2)]
+    with FlopCounterMode(display=False) as counter:
+        neuron_scores(model, batches)
+    counts = counter.get_flop_counts()
+    layers = counter.get_total_flops() - sum(counts.get("PromptedModel.head", {}).values())
+    shape = ModelShape.from_model(bb.model, bb.family)
+    assert layers == pytest.approx(4 * forward_flops(shape, LengthStats.fixed(3 + 9), layers_only=True), rel=1e-12)
+    assert forward_flops(shape, LengthStats.fixed(12)) > forward_flops(shape, LengthStats.fixed(12), layers_only=True)

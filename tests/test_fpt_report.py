@@ -32,6 +32,23 @@ def test_flops_curve_counts_each_stage_at_its_own_cost():
         (8, 20.0, 0.9, True)]
 
 
+def test_neuron_scoring_is_spent_at_the_start_of_its_stage():
+    """Scoring (3 FLOPs at the start of stage 1) moves every later point by 3 and counts in the plan's total
+    (flops_fraction) but not in training_flops_fraction."""
+    from ds_prompt.fpt.report import build_report
+    scoring = {"stage": 1, "samples": 3, "ranks": 1, "flops_per_example": 1.0, "flops": 3.0}
+    curve = flops_curve(_records(), scoring=scoring)
+    assert [(p["step"], p["flops"]) for p in curve] == [(0, 0.0), (2, 2.0), (4, 4.0), (6, 15.0), (8, 23.0)]
+    records = [dict(r, layer_flops_per_step=r["flops_per_step"], layer_full_flops_per_step=4.0, wall_s=1.0,
+                    train_s_per_step=None) for r in _records()]
+    report = build_report(SimpleNamespace(total_steps=8, to_dict=dict), records, "activations", False, scoring)
+    assert (report["flops"], report["pt_flops"]) == (23.0, 32.0)
+    assert (report["flops_fraction"], report["training_flops_fraction"]) == (23 / 32, 20 / 32)
+    assert report["curve"] == curve and report["scoring"] == scoring
+    assert build_report(SimpleNamespace(total_steps=8, to_dict=dict), records, "activations", False)[
+        "flops_fraction"] == 20 / 32
+
+
 def _pt_run(folder, history, final, steps=8, **meta):
     folder.mkdir(parents=True)
     (folder / "metrics.json").write_text(json.dumps({"accuracy_before": 0.5, "accuracy": final, "steps": steps,
@@ -79,9 +96,12 @@ def test_fpt_cli_linear_schedule_and_pt_comparison(tmp_path):
     pt = _fpt(tmp_path, "pt", tmp_path / "pt")
     assert pt["pt_comparison"]["pt_steps"] == 5 and pt["pt_comparison"]["equal_flops_step"] == pytest.approx(5)
     assert [p["step"] for p in pt["curve"]] == [0, 1, 2, 3, 4, 5]
-    cr = _fpt(tmp_path, "cr", tmp_path / "cr", "--pt_reference", str(tmp_path / "pt"))
+    cr = _fpt(tmp_path, "cr", tmp_path / "cr", "--pt_reference", str(tmp_path / "pt"), "--score_samples", "4")
     c = cr["pt_comparison"]
     assert c["equal_flops_step"] == pytest.approx(cr["flops"] / cr["full_flops_per_step"]) and c["equal_flops_step"] < 5
+    # 4 scoring forwards (on the full model, at the start of stage 0) are part of the plan's FLOPs
+    assert cr["scoring"]["samples"] == 4 and cr["flops"] == pytest.approx(
+        sum(r["flops"] for r in cr["stages"]) + 4 * cr["scoring"]["flops_per_example"])
     assert c["pt_final_accuracy"] == pt["accuracy"] and c["pt_evaluations"] == 6
     assert [p["step"] for p in cr["curve"]] == [0, 1, 2, 3, 4, 5]
     assert [p["full_model"] for p in cr["curve"]] == [False] * 4 + [True] * 2  # stages end at 1, 2, 3, 5

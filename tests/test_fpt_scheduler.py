@@ -111,8 +111,21 @@ def test_fpt_run_writes_report_ledger_and_final_prompt(uninterrupted):
     assert (s1["layers"], s1["neurons_per_ffn"], s1["world_size"]) == ({"bert.encoder.layer": 2}, [64], 1)
     assert (s0["start_step"], s0["end_step"], s1["end_step"]) == (0, 6, 12)
     assert s1["flops_per_step"] == s1["full_flops_per_step"] > 2 * s0["flops_per_step"]
-    assert report["flops_fraction"] == pytest.approx((s0["flops"] + s1["flops"]) / (12 * s1["full_flops_per_step"]))
-    assert 0.5 < report["flops_fraction"] < 0.75 and report["total_steps"] == 12
+    # neuron scoring (stage 0, on both ranks, every one of the 64 training samples) is part of the plan's compute
+    from safetensors import safe_open
+
+    from ds_prompt.fpt.flops import LengthStats, ModelShape, forward_flops
+    with safe_open(str(out / "neuron_scores.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    scoring = report["scoring"]
+    assert (scoring["stage"], scoring["samples"], scoring["ranks"], meta["samples"]) == (0, 64, 2, "64")
+    assert scoring["flops"] == pytest.approx(64 * 2 * forward_flops(ModelShape.from_dict(s0["model_shape"]),
+                                                                    LengthStats(**json.loads(meta["lengths"]))))
+    pt = 12 * s1["full_flops_per_step"]
+    assert report["training_flops_fraction"] == pytest.approx((s0["flops"] + s1["flops"]) / pt)
+    assert report["flops_fraction"] == pytest.approx((s0["flops"] + s1["flops"] + scoring["flops"]) / pt)
+    assert report["flops"] == pytest.approx(s0["flops"] + s1["flops"] + scoring["flops"])
+    assert 0.5 < report["training_flops_fraction"] < 0.75 and report["total_steps"] == 12
     assert all(s["wall_s"] > 0 and s["train_s_per_step"] > 0 for s in report["stages"])
     assert report["wall_fraction_estimate"] is not None
     assert (out / "neuron_scores.safetensors").is_file()

@@ -215,6 +215,13 @@ def step_flops(shape: ModelShape, lengths: LengthStats, batch_size: int, depth=1
     return batch_size * per_example
 
 
+def forward_flops(shape: ModelShape, lengths: LengthStats, layers_only: bool = False) -> float:
+    """FLOPs of one plain forward of one example through the full model: every position of every layer, no
+    shortcuts, no backward (what FPT's neuron scoring runs per sample). The forward third of the "standard"
+    convention (3 x forward) of `step_flops`, so it counts exactly the layers `step_flops` counts."""
+    return step_flops(shape, lengths, 1, backward="standard", layers_only=layers_only) / 3
+
+
 def flops_fraction(stage_flops: list[tuple[int, float]], full_flops_per_step: float) -> float:
     """sum(steps_k * flops_per_step_k) / (sum(steps_k) * full flops per step): FPT vs plain PT compute."""
     total_steps = sum(steps for steps, _ in stage_flops)

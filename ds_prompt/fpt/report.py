@@ -20,10 +20,16 @@ from ds_prompt.errors import UserError
 PROMPT_META, METRICS, REPORT = "prompt.json", "metrics.json", "fpt_report.json"
 
 
-def build_report(plan, records: list[dict], backward: str, reset_optimizer: bool) -> dict:
-    """FPT compute vs a plain PT run of the same steps (full model throughout), and measured wall time."""
+def build_report(plan, records: list[dict], backward: str, reset_optimizer: bool, scoring: dict | None = None) -> dict:
+    """FPT compute vs a plain PT run of the same steps (full model throughout), and measured wall time.
+
+    `scoring` ({stage, samples, ranks, flops}): the forwards that scored the FFN neurons of a width-reduced plan
+    (at the start of stage `stage`). They are part of the plan's compute: `flops` and `flops_fraction` include
+    them, `training_flops_fraction` leaves them out (the paper's accounting, whose ~1000 scoring samples are
+    negligible next to 30k steps but not next to a few hundred)."""
     total = plan.total_steps
-    fpt = sum(r["flops"] for r in records)
+    training = sum(r["flops"] for r in records)
+    fpt = training + (scoring["flops"] if scoring else 0.0)
     pt = sum(r["steps"] * r["full_flops_per_step"] for r in records)
     layer_fpt = sum(r["steps"] * r["layer_flops_per_step"] for r in records)
     layer_pt = sum(r["steps"] * r["layer_full_flops_per_step"] for r in records)
@@ -33,27 +39,33 @@ def build_report(plan, records: list[dict], backward: str, reset_optimizer: bool
         full_s = full_stages[-1]["train_s_per_step"]
         wall_fraction = sum(r["steps"] * r["train_s_per_step"] for r in records) / (total * full_s)
     return {
-        "flops_fraction": fpt / pt, "layer_flops_fraction": layer_fpt / layer_pt, "flops": fpt,
-        "pt_flops": pt, "full_flops_per_step": records[-1]["full_flops_per_step"], "total_steps": total,
+        "flops_fraction": fpt / pt, "training_flops_fraction": training / pt, "scoring": scoring,
+        "layer_flops_fraction": layer_fpt / layer_pt, "flops": fpt, "pt_flops": pt,
+        "full_flops_per_step": records[-1]["full_flops_per_step"], "total_steps": total,
         "backward_convention": backward,
         "wall_fraction_estimate": wall_fraction, "wall_s": sum(r["wall_s"] for r in records),
         "accuracy": records[-1]["accuracy"], "reset_optimizer": reset_optimizer,
-        "curve": flops_curve(records, reset_optimizer),
+        "curve": flops_curve(records, reset_optimizer, scoring),
         "stages": records, "plan": plan.to_dict(),
-        "notes": "flops: analytic matmul FLOPs (ds_prompt.fpt.flops); wall_fraction_estimate: sum of each "
+        "notes": "flops: analytic matmul FLOPs (ds_prompt.fpt.flops), training plus neuron scoring (scoring: "
+                 "samples x ranks plain forwards of the full model; training_flops_fraction leaves them out; "
+                 "layer_flops_fraction is training only); wall_fraction_estimate: sum of each "
                  "stage's measured s/step x steps over total steps x the full-model stage's s/step; curve: "
                  "every evaluation with the FLOPs spent so far (full_model: evaluated on the full model)",
     }
 
 
-def flops_curve(records: list[dict], reset_optimizer: bool = False) -> list[dict]:
+def flops_curve(records: list[dict], reset_optimizer: bool = False, scoring: dict | None = None) -> list[dict]:
     """[{step, flops, accuracy, full_model}] over the whole plan: the untrained prompt at step 0, then every
     evaluation of every stage (its history, which a stage inherits from the previous one, is cut to its own
-    steps) and each stage's final evaluation."""
+    steps) and each stage's final evaluation. Neuron scoring (`scoring`, see build_report) is spent at the
+    start of its stage, before the stage's first training step."""
     points = [{"step": 0, "flops": 0.0, "accuracy": records[0]["accuracy_before"],
                "full_model": records[0]["full_model"]}]
     spent = 0.0
     for r in records:
+        if scoring and scoring["stage"] == r["index"]:
+            spent += scoring["flops"]
         offset = r["start_step"] if reset_optimizer and r["index"] > 0 else 0  # a reset stage counts from 0
         evals = {h["step"] + offset: h["accuracy"] for h in r.get("history", [])}
         evals[r["end_step"]] = r["accuracy"]
@@ -139,9 +151,9 @@ def write_tensorboard(root: Path, report: dict) -> None:
     if tb.is_dir():  # rewritten from the ledger on every report: no duplicate points after a re-run
         shutil.rmtree(tb)
     writer = SummaryWriter(str(tb))
-    cumulative = 0.0
+    cumulative, scoring = 0.0, report.get("scoring")
     for r in report["stages"]:
-        cumulative += r["flops"]
+        cumulative += r["flops"] + (scoring["flops"] if scoring and scoring["stage"] == r["index"] else 0.0)
         pt_so_far = sum(s["steps"] * s["full_flops_per_step"] for s in report["stages"][:r["index"] + 1])
         for step in (r["start_step"] + 1, r["end_step"]):
             writer.add_scalar("fpt/stage_flops_per_step", r["flops_per_step"], step)

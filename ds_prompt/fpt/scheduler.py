@@ -39,7 +39,7 @@ from ds_prompt.engine.progress import on_sigterm
 from ds_prompt.engine.run_folder import take_lock
 from ds_prompt.errors import UserError
 from ds_prompt.faults import fault_point
-from ds_prompt.fpt.flops import BACKWARD_CONVENTIONS, LengthStats, ModelShape, step_flops
+from ds_prompt.fpt.flops import BACKWARD_CONVENTIONS, LengthStats, ModelShape, forward_flops, step_flops
 from ds_prompt.fpt.launch import run_job, stage_command
 from ds_prompt.fpt.ledger import Ledger
 from ds_prompt.fpt.names import ARTIFACTS, JOB_FILE, LEDGER, REPORT, SCORES, STAGE_INFO, stage_dir
@@ -102,6 +102,30 @@ def _stage_record(cfg: TrainConfig, plan: StagePlan, index: int, launcher: str |
         "history": [{"step": h["step"], "accuracy": h["accuracy"]} for h in metrics.get("history", [])],
         "world_size": metrics["world_size"], "launcher": launcher or "python", "model_shape": info["shape"],
     }
+
+
+def _scoring_record(root: Path) -> dict | None:
+    """The neuron-scoring forwards of this plan, from the scores file's metadata (the stage that computed them,
+    its sample count and their lengths) and that stage's model shape: samples x ranks (every rank scores
+    every sample) plain forwards of the full model. None when the plan keeps every neuron."""
+    path = root / SCORES
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "stage" not in meta or "samples" not in meta:
+        raise UserError(f"{path} has no stage/samples metadata (not written by `ds-prompt fpt`): delete it and "
+                        f"re-run the fpt command, or move it elsewhere")
+    index, samples = int(meta["stage"]), int(meta["samples"])
+    info = json.loads((stage_dir(root, index) / STAGE_INFO).read_text())
+    # the scored samples' lengths (files written before they were recorded: the stage's length sample, of
+    # which the scored samples are the first `samples`)
+    lengths = LengthStats(**(json.loads(meta["lengths"]) if "lengths" in meta else info["lengths"]))
+    per_example = forward_flops(ModelShape.from_dict(info["shape"]), lengths)
+    ranks = int(info.get("world_size", 1))
+    return {"stage": index, "samples": samples, "ranks": ranks, "flops_per_example": per_example,
+            "flops": samples * ranks * per_example}
 
 
 def _publish(root: Path, last: Path) -> None:
@@ -174,7 +198,7 @@ def _run_plan(cfg: TrainConfig, plan: StagePlan, root: Path, leader: bool, launc
         _say(f"node {node_rank}: all {len(plan.stages)} stages done; node 0 writes the report ({root / REPORT})")
         return {"node_rank": node_rank, "stages": len(plan.stages), "total_steps": plan.total_steps}
     records = [ledger.finished(i) for i in range(len(plan.stages))]
-    report = build_report(plan, records, backward, cfg.reset_optimizer)
+    report = build_report(plan, records, backward, cfg.reset_optimizer, _scoring_record(root))
     if pt_reference is not None or len(plan.stages) == 1 and records[0]["full_model"]:
         report["pt_comparison"] = compare_with_pt(report, pt_reference or root, cfg)
     write_json(root / REPORT, report)

@@ -87,9 +87,12 @@ class StageTransform:
         path = Path(self.job.scores_path)
         if dist.broadcast_object(path.is_file()):  # rank 0 decides, so every rank takes the same branch
             return load_file(str(path))
-        scores = self._compute_scores(backbone, task, encoded[:self.job.score_samples])
-        dist.on_rank0(write_tensors, path, scores, {"stage": str(self.job.index),
-                                                   "samples": str(min(len(encoded), self.job.score_samples))})
+        scored = encoded[:self.job.score_samples]
+        scores = self._compute_scores(backbone, task, scored)
+        # what the scoring cost (the FPT report counts it): which stage, how many samples, their prompted lengths
+        lengths = LengthStats.of([len(e.input_ids) + self.cfg.prompt_length for e in scored])
+        dist.on_rank0(write_tensors, path, scores, {"stage": str(self.job.index), "samples": str(len(scored)),
+                                                   "lengths": json.dumps(dataclasses.asdict(lengths))})
         dist.barrier()
         return scores
 

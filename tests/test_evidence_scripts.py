@@ -162,3 +162,23 @@ def test_scripts_use_the_checkout_they_sit_in(tmp_path, monkeypatch):
     common.cli("train", "--max_steps", 1)
     assert seen["env"]["PYTHONPATH"].split(os.pathsep) == [str(common.ROOT), "/elsewhere"]
     assert seen["cwd"] == common.ROOT
+
+
+def test_projector_section_says_when_the_projector_collapses(results):
+    """Unseen prompts are compared with the random row; projections that are one prompt (cosine >= 0.99) whatever
+    their sources are reported as 'does not map prompts', projections that stay apart are not."""
+    _csv(results, "projector", [{"minilm_prompt": t, "target_task": t, "projected_on_smollm2": p,
+                                 "random_prompt": 0.5, "minilm_prompt_on_minilm": 0.7, "smollm2_own_prompt": 0.85,
+                                 "smollm2_sst2_prompt": 0.8, "projector_trained_on": "sst2", "n_eval": 500}
+                                for t, p in (("sst2", 0.84), ("mr", 0.81))])
+    (results / "projector.json").write_text(json.dumps({"model": "smollm2", "date": "2026-12-03",
+                                                        "trained_on": "sst2", "projector_steps": 150}))
+    text = "\n".join(render_readme.projector_section())
+    assert "mr (sentiment) 0.810 vs random 0.500 (+31.0 points)" in text and "Does it map" not in text
+    _csv(results, "projector_similarity", [{"prompt_a": "sst2", "prompt_b": "mr", "source_cosine": 0.25,
+                                            "projected_cosine": 0.9995}])
+    assert "**the projector does not map prompts**" in "\n".join(render_readme.projector_section())
+    _csv(results, "projector_similarity", [{"prompt_a": "sst2", "prompt_b": "mr", "source_cosine": 0.25,
+                                            "projected_cosine": 0.4}])
+    text = "\n".join(render_readme.projector_section())
+    assert "projections stay apart (lowest cosine 0.400)" in text and "does not map" not in text

@@ -3,7 +3,8 @@
 MiniLM prompts for sst2, mr and rte (similarity head, the packaged encoder); a projector (REFERENCE §1) is
 trained on sst2 only, through the frozen SmolLM2 with its label words; then the MiniLM sst2, mr and rte
 prompts are projected and evaluated zero-shot on SmolLM2, beside a random prompt and SmolLM2's own trained
-prompt. Writes docs/results/projector.csv.
+prompt. Writes docs/results/projector.csv, and projector_similarity.csv (cosine of every pair of source prompts
+and of their projections: does the projector map prompts, or emit one prompt whatever it is given?).
 
     python examples/smollm2/projector.py           # the own-prompt column needs pt_tasks.py
 """
@@ -67,10 +68,31 @@ def projected_accuracy(task: str) -> dict:
     return result
 
 
+def similarity_rows() -> list[dict]:
+    """Cosine similarity of every pair of MiniLM source prompts and of their projections: a projector that maps
+    prompts keeps them apart; one that learned a single prompt for its training task maps all to it."""
+    import itertools
+
+    import torch
+    from safetensors.torch import load_file
+
+    def flat(folder: Path) -> torch.Tensor:
+        return load_file(str(folder / "prompt.safetensors"))["prompt"].double().flatten()
+
+    rows = []
+    for a, b in itertools.combinations(TASKS, 2):
+        pair = [(flat(source_prompt(t)), flat(RUNS / "projector" / "projected" / t)) for t in (a, b)]
+        rows.append({"prompt_a": a, "prompt_b": b,
+                     "source_cosine": round(float(torch.cosine_similarity(pair[0][0], pair[1][0], dim=0)), 4),
+                     "projected_cosine": round(float(torch.cosine_similarity(pair[0][1], pair[1][1], dim=0)), 4)})
+    return rows
+
+
 def main() -> None:
     restore()
-    random_row = {r["target"]: r["accuracy"] for r in read_csv(RESULTS / "transfer_matrix.csv")
-                  if r["source"] == "random"} if (RESULTS / "transfer_matrix.csv").is_file() else {}
+    matrix = read_csv(RESULTS / "transfer_matrix.csv") if (RESULTS / "transfer_matrix.csv").is_file() else []
+    random_row = {r["target"]: r["accuracy"] for r in matrix if r["source"] == "random"}
+    trained_row = {r["target"]: r["accuracy"] for r in matrix if r["source"] == TRAIN_ON}
     rows = []
     for task in TASKS:
         result = projected_accuracy(task)
@@ -79,8 +101,10 @@ def main() -> None:
                      "random_prompt": random_row.get(task, ""), "minilm_prompt_on_minilm":
                      round(read_json(source_prompt(task) / "metrics.json")["accuracy"], 4),
                      "smollm2_own_prompt": "" if own is None else round(own["accuracy"], 4),
+                     f"smollm2_{TRAIN_ON}_prompt": trained_row.get(task, ""),
                      "projector_trained_on": TRAIN_ON, "n_eval": result["n"]})
     write_csv(RESULTS / "projector.csv", rows)
+    write_csv(RESULTS / "projector_similarity.csv", similarity_rows())
     meta_json("projector", source_model=SOURCE_MODEL, source_steps=SOURCE_STEPS, projector_steps=STEPS,
               trained_on=TRAIN_ON, eval_limit=EVAL, label="qualitative")
     log("projector done")

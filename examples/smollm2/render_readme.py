@@ -184,15 +184,46 @@ def tpt_section() -> list[str]:
             "", "![TPT curves](docs/results/tpt.png)"]
 
 
+COLLAPSED = 0.99  # projections closer than this (cosine) are one prompt, whatever their sources
+
+
 def projector_section() -> list[str]:
     rows, meta = _results("projector")
-    table = [[r["minilm_prompt"], r["minilm_prompt_on_minilm"], r["projected_on_smollm2"], r["random_prompt"],
-              r["smollm2_own_prompt"], r["n_eval"]] for r in rows]
-    return [_caption("projector", source="all-MiniLM-L6-v2", **{"projector steps": meta.get("projector_steps"),
-                                                                "trained on": meta.get("trained_on")}), "",
-            *_table(["MiniLM prompt (task)", "on MiniLM", "projected, on SmolLM2", "random prompt on SmolLM2",
-                     "SmolLM2's own prompt", "n eval"], table), "",
-            "Qualitative: one projector, trained on one task, with small budgets."]
+    trained = meta.get("trained_on")
+    table = [[r["minilm_prompt"], _fixed(r["minilm_prompt_on_minilm"]), _fixed(r["projected_on_smollm2"]),
+              _fixed(r["random_prompt"]), _fixed(r.get(f"smollm2_{trained}_prompt", "")),
+              _fixed(r["smollm2_own_prompt"]), r["n_eval"]] for r in rows]
+    unseen = []
+    for r in rows:
+        if r["minilm_prompt"] == trained or r["random_prompt"] in ("", None):
+            continue
+        projected, random_ = float(r["projected_on_smollm2"]), float(r["random_prompt"])
+        unseen.append(f"{r['minilm_prompt']} ({KIND.get(r['minilm_prompt'], '?')}) {projected:.3f} vs random "
+                      f"{random_:.3f} ({100 * (projected - random_):+.1f} points)")
+    out = [_caption("projector", source="all-MiniLM-L6-v2", **{"projector steps": meta.get("projector_steps"),
+                                                               "trained on": trained}), "",
+           *_table(["MiniLM prompt (task)", "on MiniLM", "projected, on SmolLM2", "random prompt on SmolLM2",
+                    f"SmolLM2's {trained} prompt", "SmolLM2's own prompt", "n eval"], table), "",
+           f"Prompts the projector never saw (it was trained on {trained} only), projected and evaluated zero-shot "
+           f"on SmolLM2: {'; '.join(unseen) or 'none yet'}. Random prompt and SmolLM2's {trained} prompt: the "
+           f"transfer matrix (n <= 500); SmolLM2's own prompt: the PT table's seed-42 prompt on its eval set "
+           f"(n <= 1000)."]
+    path = RESULTS / "projector_similarity.csv"
+    if path.is_file():
+        pairs = read_csv(path)
+        projected = min(float(r["projected_cosine"]) for r in pairs)
+        source = max(float(r["source_cosine"]) for r in pairs)
+        listing = ", ".join(f"{r['prompt_a']}/{r['prompt_b']} {float(r['source_cosine']):.3f} -> "
+                            f"{float(r['projected_cosine']):.3f}" for r in pairs)
+        if projected >= COLLAPSED:
+            verdict = (f"**the projector does not map prompts**: every projection is the same prompt (cosine >= "
+                       f"{projected:.3f}) although the sources are far apart (cosine <= {source:.3f}), so a "
+                       f"projected prompt's accuracy is that of one learned {trained}-like prompt, whatever the "
+                       f"input")
+        else:
+            verdict = f"projections stay apart (lowest cosine {projected:.3f})"
+        out += ["", f"Does it map prompts? Cosine of source prompts -> of their projections: {listing}: {verdict}."]
+    return out + ["", "Qualitative: one projector, trained on one task, with small budgets."]
 
 
 def _fixed(value: str, digits: int = 3) -> str:

@@ -34,6 +34,8 @@ import threading
 import time
 from pathlib import Path
 
+from safetensors import safe_open
+
 from ds_prompt.config import TrainConfig, config_dict
 from ds_prompt.engine.progress import on_sigterm
 from ds_prompt.engine.run_folder import take_lock
@@ -111,7 +113,6 @@ def _scoring_record(root: Path) -> dict | None:
     path = root / SCORES
     if not path.is_file():
         return None
-    from safetensors import safe_open
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     if "stage" not in meta or "samples" not in meta:

@@ -55,6 +55,11 @@ def build_report(plan, records: list[dict], backward: str, reset_optimizer: bool
     }
 
 
+def _scoring_flops(scoring: dict | None, index: int) -> float:
+    """The neuron-scoring FLOPs spent at the start of stage `index` (0 for every other stage)."""
+    return scoring["flops"] if scoring and scoring["stage"] == index else 0.0
+
+
 def flops_curve(records: list[dict], reset_optimizer: bool = False, scoring: dict | None = None) -> list[dict]:
     """[{step, flops, accuracy, full_model}] over the whole plan: the untrained prompt at step 0, then every
     evaluation of every stage (its history, which a stage inherits from the previous one, is cut to its own
@@ -64,8 +69,7 @@ def flops_curve(records: list[dict], reset_optimizer: bool = False, scoring: dic
                "full_model": records[0]["full_model"]}]
     spent = 0.0
     for r in records:
-        if scoring and scoring["stage"] == r["index"]:
-            spent += scoring["flops"]
+        spent += _scoring_flops(scoring, r["index"])
         offset = r["start_step"] if reset_optimizer and r["index"] > 0 else 0  # a reset stage counts from 0
         evals = {h["step"] + offset: h["accuracy"] for h in r.get("history", [])}
         evals[r["end_step"]] = r["accuracy"]
@@ -153,7 +157,7 @@ def write_tensorboard(root: Path, report: dict) -> None:
     writer = SummaryWriter(str(tb))
     cumulative, scoring = 0.0, report.get("scoring")
     for r in report["stages"]:
-        cumulative += r["flops"] + (scoring["flops"] if scoring and scoring["stage"] == r["index"] else 0.0)
+        cumulative += r["flops"] + _scoring_flops(scoring, r["index"])
         pt_so_far = sum(s["steps"] * s["full_flops_per_step"] for s in report["stages"][:r["index"] + 1])
         for step in (r["start_step"] + 1, r["end_step"]):
             writer.add_scalar("fpt/stage_flops_per_step", r["flops_per_step"], step)

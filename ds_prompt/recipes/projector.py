@@ -24,6 +24,7 @@ from ds_prompt.engine.logging import RunLogger
 from ds_prompt.engine.loop import LoopState, log_window, save_run_checkpoint, train_steps
 from ds_prompt.engine.state import full_param
 from ds_prompt.errors import UserError
+from ds_prompt.models.backbone import canonical_model
 from ds_prompt.models.family import Family
 from ds_prompt.transfer.projector import ProjectorConfig, ProjectorObjective, PromptProjector, save_projector
 from ds_prompt.transfer.prompt_set import as_list, load_prompt_set
@@ -92,7 +93,7 @@ def _pairs(cfg: ProjectorTrainConfig):
     if len(shapes) != 1:
         raise UserError(f"source prompts have shapes {sorted(shapes)}: one projector maps one shape")
     for p in refs:
-        if cfg.source_model and p.backbone and p.backbone != cfg.source_model:
+        if cfg.source_model and p.backbone and canonical_model(p.backbone) != canonical_model(cfg.source_model):
             raise UserError(f"prompt {p.path} was trained on {p.backbone}, not --source_model {cfg.source_model}")
     return list(zip(refs, [get_task(t) for t in tasks]))
 
@@ -141,8 +142,8 @@ def _train_projector(cfg: ProjectorTrainConfig, pairs, source_model: str, out: s
     config = ProjectorConfig(source_length=sources.shape[1], source_dim=sources.shape[2],
                              target_dim=backbone.d_model, target_length=cfg.target_length, hidden=cfg.hidden,
                              activation=cfg.activation, source_model=source_model, target_model=cfg.target_model,
-                             target_family=backbone.family.value, tasks=[t.name for _, t in pairs],
-                             max_length=cfg.max_length)
+                             target_family=backbone.family.value, target_record=backbone.record(),
+                             tasks=[t.name for _, t in pairs], max_length=cfg.max_length)
     objective = ProjectorObjective(backbone, PromptProjector(config), sources, [t for _, t in pairs], cfg.head)
     config.target_head = "label_words" if objective.transform is not None else "similarity"
     data = _load_pair_data(pairs, backbone, cfg, config.target_length)

@@ -217,7 +217,7 @@ def _finish(ctx: _LoopContext, run: RunState, final: dict, task) -> dict:
                "metric": task.metric, "f1": final["f1"], "matthews": final["matthews"],
                "world_size": dist.world_size(), "history": run.history, "tokens": run.tokens,
                "eval_subset": eval_subset(cfg.eval_limit, cfg.seed)}
-    meta = {"backbone": cfg.model, "family": ctx.backbone.family.value, "task": task.name,
+    meta = {**ctx.backbone.record(), "family": ctx.backbone.family.value, "task": task.name,
             "label_words": [list(w) for w in task.label_words], "labels": list(task.labels),
             "template": task.template, "task_spec": task_record(task),
             "head": type(model.head).__name__, "init": cfg.init if isinstance(cfg.init, str) else "tensor",
@@ -228,10 +228,6 @@ def _finish(ctx: _LoopContext, run: RunState, final: dict, task) -> dict:
             "data_dir": os.path.abspath(cfg.data_dir) if cfg.data_dir else None}
     if ctx.init_resolved:
         meta["init_resolved"] = ctx.init_resolved  # which library prompt --init library:... chose
-    if ctx.backbone.source is not None:
-        meta["backbone_source"] = ctx.backbone.source
-    if ctx.backbone.path is not None:
-        meta["backbone_path"] = ctx.backbone.path  # the folder / hub id behind an alias (minilm, smollm2)
     head_tensors = {f"head.{n[len('head.'):]}": t for n, t in tensors.items() if n.startswith("head.")}
     dist.on_rank0(save_prompt, ctx.out, prompt, meta, head_tensors)
     dist.on_rank0(write_json, os.path.join(ctx.out, "metrics.json"), metrics)

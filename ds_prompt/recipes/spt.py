@@ -373,14 +373,12 @@ def _finish(ctx: _Context, run: RunState, final: dict, mode: Mode, rates: list[f
     seen = ctx.suite.tasks[:ctx.num_seen]
     heldout = ctx.suite.tasks[ctx.num_seen:]
     summary = _summary(final)
-    meta = dict(ctx.bank.to_json(), backbone=cfg.model, family=ctx.backbone.family.value, head=cfg.head,
+    meta = dict(ctx.bank.to_json(), **ctx.backbone.record(), family=ctx.backbone.family.value, head=cfg.head,
                 tasks=[t.spec.name for t in seen], heldout=[t.spec.name for t in heldout],
                 instructions={t.spec.name: list(t.spec.instructions) for t in ctx.suite.tasks},
                 max_length=cfg.max_length, seed=cfg.seed, init=cfg.init, key_init=cfg.key_init, mode=mode.value,
                 steps=run.step, train_backbone=cfg.train_backbone, mixing_rates=rates, metrics=summary,
                 instruction_in_input=cfg.instruction_in_input)
-    if ctx.backbone.source is not None:
-        meta["backbone_source"] = ctx.backbone.source
     dist.on_rank0(save_bank, ctx.out, tensors, meta)
     if cfg.train_backbone:
         weights = {n: _full_tensor(ctx.engine, p) for n, p in ctx.backbone.model.named_parameters()}

@@ -11,6 +11,7 @@ input (instruction+input) retrieve per example and cannot be exported this way. 
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -41,6 +42,11 @@ def export_bank(bank: str, tasks: list[str] | None, output_dir: str, format: str
     if cfg.query_source is not QuerySource.INSTRUCTION:
         raise UserError(f"bank {bank} retrieves per example (--query_source {cfg.query_source.value}): only banks "
                         f"trained with --query_source instruction have one prompt per task to export")
+    if meta.get("instruction_in_input"):
+        dist.on_rank0(print, f"ds-prompt: note: bank {bank} was trained with --instruction_in_input (each task's "
+                      f"discrete prompt was also in the model input); a plain prompt does not put it there, so "
+                      f"`ds-prompt evaluate` of this export can score below `ds-prompt spt evaluate`",
+                      file=sys.stderr)
     suite = TaskSuite.build(specs, backbone.tokenizer, backbone.family, meta["max_length"], cfg.prompt_length,
                             [[] for _ in specs], [[] for _ in specs], backbone.family is Family.CAUSAL)
     rows = []
@@ -56,7 +62,7 @@ def export_bank(bank: str, tasks: list[str] | None, output_dir: str, format: str
                                 instruction_mask=torch.ones_like(ids_k),
                                 query_input_ids=torch.zeros(1, 1, dtype=torch.long),
                                 query_input_mask=torch.zeros(1, 1, dtype=torch.long))[0]
-        record = {"backbone": meta["backbone"], "family": meta.get("family", backbone.family.value),
+        record = {**backbone.record(), "family": meta.get("family", backbone.family.value),
                   "task": task.spec.name, "labels": list(task.spec.labels),
                   "label_words": [list(w) for w in task.spec.label_words], "template": task.spec.template,
                   "head": meta["head"], "max_length": meta["max_length"], "seed": meta.get("seed", 0),

@@ -21,6 +21,7 @@ from ds_prompt.artifacts import META_FILE, PROMPT_FILE, load_prompt, save_prompt
 from ds_prompt.config import InitSpec
 from ds_prompt.errors import UserError
 from ds_prompt.io import atomic_path, write_json
+from ds_prompt.models.backbone import canonical_model
 
 LIBRARY_ENV, DEFAULT_LIBRARY = "DS_PROMPT_LIBRARY", "prompt_library"
 INDEX_FILE, LATEST_RECOMMENDATION = "library.json", "recommendation.json"
@@ -71,7 +72,9 @@ def library_entries(library: str | None = None, task: str | None = None, model: 
     """Entries (with `name` and `path`), optionally only those of `task` / trained on `model`."""
     root = library_dir(library)
     rows = [{"name": n, "path": str(root / n), **e} for n, e in sorted(read_index(library)["entries"].items())]
-    return [r for r in rows if (task is None or r["task"] == task) and (model is None or r["backbone"] == model)]
+    model = canonical_model(model)
+    return [r for r in rows if (task is None or r["task"] == task)
+            and (model is None or canonical_model(r["backbone"]) == model)]
 
 
 def _pair_slug(task: str, model: str) -> str:

@@ -46,6 +46,7 @@ class ProjectorConfig:
     source_model: str | None = None
     target_model: str | None = None
     target_family: str | None = None
+    target_record: dict | None = None  # the target backbone as prompt.json records it (Backbone.record)
     target_head: str = "label_words"
     tasks: list = field(default_factory=list)
     max_length: int = 128
@@ -159,7 +160,8 @@ def apply_projector(projector: str, prompt: str, output_dir: str, task: str | No
         mapped = model(tensor)
     task_name = task or meta.get("task") or (info.get("tasks") or [None])[0]
     spec = get_task(task_name) if task_name else None
-    target = {"backbone": info["target_model"], "family": info["target_family"], "task": task_name,
+    record = info.get("target_record") or {"backbone": info["target_model"]}  # projectors before 2026-12-03
+    target = {**record, "family": info["target_family"], "task": task_name,
               "head": HEAD_CLASSES[info.get("target_head", "label_words")], "max_length": info.get("max_length"),
               "init": f"projector:{projector}", "projected_from": str(prompt),
               "source_backbone": meta.get("backbone"), "steps": 0}

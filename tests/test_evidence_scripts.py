@@ -3,6 +3,7 @@ the CSVs (each verdict follows its stated rule), and the plots are written."""
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -119,17 +120,44 @@ def test_readme_block_is_replaced_in_place(results, tmp_path, monkeypatch):
     assert (results / "EVIDENCE.md").is_file()
 
 
+def test_committed_readme_block_is_the_rendering_of_the_committed_results():
+    """No number in the README's evidence block is typed by hand: the block is exactly what render_readme.py
+    makes of docs/results/ (after changing a CSV, run `python examples/smollm2/render_readme.py`)."""
+    with open(f"{REPO}/README.md") as f:
+        readme = f.read()
+    block = readme.split(render_readme.BEGIN + "\n", 1)[1].split(render_readme.END, 1)[0]
+    assert block == render_readme.render()
+    for image in re.findall(r"!\[[^]]*\]\((docs/results/[^)]+\.png)\)", block):
+        assert os.path.isfile(f"{REPO}/{image}"), image
+
+
+def test_seed_caption_says_which_tasks_have_how_many_seeds():
+    rows = [{"task": "sst2", "seed": s} for s in ("42", "43", "44")] + [{"task": "mr", "seed": "42"}]
+    assert render_readme._seeds({"seeds": [42, 43, 44]}, rows) == "42,43,44 (3 for sst2; 1 for the rest)"
+    assert render_readme._seeds({"seeds": [42]}, rows[:1] + rows[3:]) == "42"
+
+
 def test_plots_are_written(tmp_path):
     import fpt
+    import indicators
+    import pt_tasks
+    import spt
     import tpt
     import transfer_matrix
+    pt_rows = [{"task": t, "seed": s, "majority": 0.5, "accuracy_before": 0.5, "accuracy": 0.7 + s / 1000}
+               for t in TASKS for s in (42, 43)]
+    pt_tasks.plot(pt_rows, tmp_path / "pt_tasks.png")
+    spt.plot([dict({t: 0.4 for t in spt.HELDOUT}, mode=m, seed=42, heldout_mean=0.4) for m in spt.MODES],
+             tmp_path / "spt.png")
+    indicators.plot([{"variant": "on_prediction_token", "metric": "on", "spearman": 0.3, "mean_per_target": 0.1,
+                      "n": 56}], tmp_path / "indicators.png")
     curve = [{"step": s, "flops": s * 1e12, "accuracy": 0.5 + s / 1000, "full_model": True} for s in (0, 50, 100)]
     fpt.plot({t: {p: {"curve": curve} for p in fpt.PLANS} for t in fpt.TASKS}, tmp_path / "fpt.png")
     tpt.plot({i: [[(0, 0.5), (15, 0.6)]] * 2 for i in tpt.INITS}, tmp_path / "tpt.png")
     rows = [{"source": s, "target": t, "accuracy": 0.6, "weak_source": False} for s in TASKS + ("random",)
             for t in TASKS]
     transfer_matrix.heatmap(rows, tmp_path / "matrix.png")
-    for name in ("fpt", "tpt", "matrix"):
+    for name in ("fpt", "tpt", "matrix", "pt_tasks", "spt", "indicators"):
         assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     assert common.mean_se([1.0, 3.0]) == (2.0, 1.0)
 

@@ -207,6 +207,11 @@ def _run_plan(cfg: TrainConfig, plan: StagePlan, root: Path, leader: bool, launc
     _publish(root, stage_dir(root, len(plan.stages) - 1))
     _say(f"done: {plan.total_steps} steps at {report['flops_fraction']:.3f} of plain PT's FLOPs; "
          f"accuracy {report['accuracy']:.4f}; report {root / REPORT}")
+    if "pt_comparison" not in report:
+        _say("no PT comparison in the report (PT's accuracy at equal FLOPs, FLOPs to reach PT's final accuracy): "
+             "run plain PT (`ds-prompt fpt pt` or `ds-prompt train`) with the same model, task, seed and "
+             "--eval_every, then re-run this command with --pt_reference <its --output_dir> (finished stages are "
+             "skipped; only the report is rebuilt)")
     return report
 
 

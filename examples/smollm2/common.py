@@ -181,6 +181,28 @@ def finish_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
     ax.legend()
 
 
+def grouped_bars(groups: list[str], series: dict[str, list[tuple[float, float] | None]], path: Path, title: str,
+                 ylabel: str, ylim: tuple[float, float] | None = (0.0, 1.0)) -> None:
+    """One cluster of bars per group, one bar per series, each (mean, standard error) with its error bar;
+    None leaves a gap (not run yet)."""
+    fig, ax = figure(size=(max(6.5, 0.9 * len(groups) * max(1, len(series)) / 2 + 2), 4))
+    width = 0.8 / max(1, len(series))
+    for k, (name, values) in enumerate(series.items()):
+        xs = [i + (k - (len(series) - 1) / 2) * width for i, v in enumerate(values) if v is not None]
+        shown = [v for v in values if v is not None]
+        errors = [se for _, se in shown]
+        ax.bar(xs, [m for m, _ in shown], width, yerr=errors if any(errors) else None, capsize=2, label=name)
+    ax.set_xticks(range(len(groups)), groups, rotation=30 if len(groups) > 5 else 0)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.axhline(0, color="black", linewidth=0.5)
+    ax.legend(fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    save_figure(fig, path)
+
+
 def save_figure(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
     fig.tight_layout()

@@ -16,7 +16,19 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, RUNS, archive, cli, log, meta_json, read_csv, restore, write_csv  # noqa: E402
+from common import (  # noqa: E402
+    MODEL,
+    RESULTS,
+    RUNS,
+    archive,
+    cli,
+    grouped_bars,
+    log,
+    meta_json,
+    read_csv,
+    restore,
+    write_csv,
+)
 from pt_tasks import TASKS, prompt_dir  # noqa: E402
 
 VARIANTS = {  # name -> (metrics, extra indicator flags)
@@ -36,6 +48,15 @@ def matrix_for_indicators() -> Path:
     return path
 
 
+def plot(rows: list[dict], path) -> None:
+    """Pooled and mean per-target Spearman of each indicator against zero-shot transfer accuracy."""
+    names = [f"{r['metric']}\n{r['variant'].removeprefix('on_').replace('_', ' ')}" for r in rows]
+    series = {"pooled": [(float(r["spearman"]), 0.0) for r in rows],
+              "mean per target": [(float(r["mean_per_target"]), 0.0) for r in rows]}
+    grouped_bars(names, series, path, f"Transferability indicators on {MODEL}: Spearman vs transfer accuracy "
+                 f"({rows[0]['n']} pairs)", "Spearman", ylim=(-1.0, 1.0))
+
+
 def main() -> None:
     restore()
     against = matrix_for_indicators()
@@ -52,6 +73,7 @@ def main() -> None:
                              "p_value": round(float(r["p_value"]), 4), "n": r["n"],
                              "mean_per_target": round(float(r["mean_per_target"]), 3)})
     write_csv(RESULTS / "indicators.csv", out_rows)
+    plot(out_rows, RESULTS / "indicators.png")
     meta_json("indicators", prompts="pt_tasks seed 42", probe="[prompt; bos]", pairs="source != target",
               matrix="transfer_matrix.csv without the random row")
     log("indicators done")

@@ -11,6 +11,7 @@ trains nothing and only writes the CSV of the runs finished so far (e.g. from th
 """
 from __future__ import annotations
 
+import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -27,7 +28,9 @@ from common import (  # noqa: E402  (first: it puts this checkout's ds_prompt on
     SEEDS,
     STEPS,
     finished,
+    grouped_bars,
     log,
+    mean_se,
     meta_json,
     restore,
     train,
@@ -37,6 +40,7 @@ from common import (  # noqa: E402  (first: it puts this checkout's ds_prompt on
 from ds_prompt.data.loading import load_examples  # noqa: E402
 from ds_prompt.data.tasks import get_task  # noqa: E402
 
+RECIPE_KEYS = ("batch_size", "prompt_length", "max_length")  # read from the runs' run.json identity
 TASKS = ("sst2", "mr", "agnews", "qnli", "snli", "rte", "mrpc", "cola")
 MULTI_SEED = ("sst2", "agnews", "qnli")
 
@@ -60,15 +64,31 @@ def runs(phase: str = "all") -> list[tuple[str, int]]:
     return {"first": first, "extra": extra, "all": first + extra, "none": []}[phase]
 
 
+def plot(rows: list[dict], path: Path) -> None:
+    """Per task: majority-class rate, untrained and trained prompt (mean ± standard error over seeds)."""
+    tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
+
+    def stat(task: str, key: str) -> tuple[float, float]:
+        return mean_se([float(r[key]) for r in rows if r["task"] == task])
+    series = {"majority class": [stat(t, "majority") for t in tasks],
+              "untrained prompt": [stat(t, "accuracy_before") for t in tasks],
+              "trained prompt": [stat(t, "accuracy") for t in tasks]}
+    seeds = ",".join(sorted({str(r["seed"]) for r in rows}))
+    grouped_bars(tasks, series, path, f"Prompt tuning on {MODEL}: {STEPS} steps, seeds {seeds} "
+                 f"(eval <= {EVAL_LIMIT} per task)", "accuracy")
+
+
 def main(phase: str = "all") -> None:
     restore()
     for task, seed in runs(phase):
         train(prompt_dir(task, seed), task, seed)
-    rows = []
+    rows, recipe = [], set()
     for task, seed in runs():  # the CSV lists every run finished so far
         m = finished(prompt_dir(task, seed), STEPS)
         if m is None:
             continue
+        identity = json.loads((prompt_dir(task, seed) / "run.json").read_text())["identity"]
+        recipe.add(tuple(identity[k] for k in RECIPE_KEYS))
         metric = m.get("metric", "accuracy")  # runs before 2026-12-02 recorded accuracy only
         headline = m.get(metric) if metric != "accuracy" else m["accuracy"]
         rows.append({"task": task, "seed": seed, "steps": m["steps"], "n_eval": m["eval_n"],
@@ -76,8 +96,13 @@ def main(phase: str = "all") -> None:
                      "metric": metric, "headline": "" if headline is None else round(headline, 4),
                      "majority": round(majority_rate(task, seed, m["eval_n"]), 4)})
     write_csv(RESULTS / "pt_tasks.csv", rows)
-    meta_json("pt_tasks", steps=STEPS, lr=LR, eval_limit=EVAL_LIMIT, seeds=list(SEEDS), multi_seed=MULTI_SEED,
-              batch_size=16, prompt_length=20, init=INIT)
+    if rows:
+        plot(rows, RESULTS / "pt_tasks.png")
+    if len(recipe) > 1:
+        raise SystemExit(f"the finished PT runs differ in {RECIPE_KEYS}: {sorted(recipe)}")
+    ran = dict(zip(RECIPE_KEYS, recipe.pop())) if recipe else {}
+    meta_json("pt_tasks", steps=STEPS, lr=LR, eval_limit=EVAL_LIMIT, seeds=sorted({r["seed"] for r in rows}),
+              multi_seed=MULTI_SEED, init=INIT, **ran)
     log(f"pt_tasks done ({MODEL})")
 
 

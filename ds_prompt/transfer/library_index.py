@@ -78,6 +78,7 @@ def library_entries(library: str | None = None, task: str | None = None, model: 
 
 
 def _pair_slug(task: str, model: str) -> str:
+    model = canonical_model(model)  # `./m.gguf` and its absolute spelling share recommendations and probes
     return f"{task}--{model.replace('/', '_').replace(':', '_')}"
 
 

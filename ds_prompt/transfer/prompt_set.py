@@ -10,6 +10,7 @@ import torch
 
 from ds_prompt.artifacts import PROMPT_FILE, load_prompt
 from ds_prompt.errors import UserError
+from ds_prompt.models.backbone import canonical_model
 from ds_prompt.models.heads import HEAD_KINDS
 
 
@@ -79,7 +80,7 @@ def common_backbone(prompts: list[PromptRef], model: str | None = None) -> str:
     """The one backbone all `prompts` were trained on, or `model` when given."""
     if model:
         return model
-    names = sorted({p.backbone for p in prompts if p.backbone})
+    names = sorted({canonical_model(p.backbone) for p in prompts if p.backbone})
     if len(names) != 1:
         found = ", ".join(names) or "none recorded"
         raise UserError(f"prompts come from backbones ({found}): pass --model M, after mapping foreign prompts "

@@ -72,8 +72,8 @@ def _seeds(meta: dict, rows: list[dict]) -> str:
     ran = ",".join(str(s) for s in meta.get("seeds", sorted({int(r["seed"]) for r in rows})))
     if len(counts) <= 1:
         return ran
-    most, least = max(counts), min(counts)
-    return f"{ran} ({most} for {', '.join(counts[most])}; {least} for the rest)"
+    *named, rest = sorted(counts, reverse=True)
+    return f"{ran} ({'; '.join(f'{n} for ' + ', '.join(counts[n]) for n in named)}; {rest} for the rest)"
 
 
 def _pt_steps() -> str:

@@ -607,7 +607,8 @@ def test_backbone_names_compare_as_canonical_paths(tmp_path, monkeypatch):
     for name in ("minilm", "smollm2", "tiny:bert", "org/not-a-local-folder", None):
         assert canonical_model(name) == name
     t = torch.zeros(2, 4)
-    refs = [PromptRef("a", "a", t, {"backbone": "m"}, {}), PromptRef("b", "b", t, {"backbone": str(tmp_path / "m")}, {})]
+    refs = [PromptRef("a", "a", t, {"backbone": "m"}, {}),
+            PromptRef("b", "b", t, {"backbone": str(tmp_path / "m")}, {})]
     assert common_backbone(refs) == str(tmp_path / "m")
     with pytest.raises(UserError, match="prompts come from backbones"):
         common_backbone(refs + [PromptRef("c", "c", t, {"backbone": "tiny:bert"}, {})])

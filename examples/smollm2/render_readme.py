@@ -134,7 +134,7 @@ def matrix_section() -> list[str]:
             f"Similar tasks transfer (Su et al.): same-kind pairs gain {s_mean * 100:+.1f} points over the random "
             f"prompt on average ({len(same)} pairs), other pairs {c_mean * 100:+.1f} ({len(cross)} pairs). Rule: "
             f"reproduced when same-kind pairs gain >= 5 points and more than other pairs: **{verdict}**.",
-            "", "![transfer matrix](docs/results/transfer_matrix.png)"]
+            *_figure("transfer_matrix", "transfer matrix")]
 
 
 def indicators_section() -> list[str]:
@@ -214,7 +214,7 @@ def tpt_section() -> list[str]:
             "Transferred prompts are good initializations (Su et al.): rule, reproduced when the sst2 init reaches "
             f"random init's final accuracy in fewer steps than random init on average: **{verdict}**. {checks}.{weak}"
             + (f" ({n_seeds} of {len(PLANNED_SEEDS)} seeds so far.)" if n_seeds < len(PLANNED_SEEDS) else ""),
-            "", "![TPT curves](docs/results/tpt.png)"]
+            *_figure("tpt", "TPT curves")]
 
 
 COLLAPSED = 0.99  # projections closer than this (cosine) are one prompt, whatever their sources
@@ -295,7 +295,7 @@ def fpt_section() -> list[str]:
             "loads, evaluations and, for fr and cr, the neuron scoring included).", "",
             "FPT saves > 30% of the compute at PT's accuracy (Huang et al.): rule, reproduced for a plan when it "
             f"first reaches PT's final accuracy (full-model evaluations only) with <= 70% of PT's FLOPs: "
-            f"**{verdict}**.", "", "![FPT accuracy over FLOPs](docs/results/fpt.png)"]
+            f"**{verdict}**.", *_figure("fpt", "FPT accuracy over FLOPs")]
 
 
 def spt_section() -> list[str]:

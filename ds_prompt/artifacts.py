@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ds_prompt.errors import UserError
@@ -126,6 +126,9 @@ def check_prompt_fits(prompt: torch.Tensor, d_model: int, source: str) -> None:
 
 
 # ---- PEFT interop -------------------------------------------------------------------------------------------
+# what an exported adapter carries in its safetensors metadata and load_prompt reads back
+_PEFT_FACTS = ("backbone", "backbone_source", "task", "task_spec", "labels", "label_words", "template", "family",
+               "head", "max_length", "seed", "data_dir")
 _PEFT_TASK_TYPE = {"mlm": "FEATURE_EXTRACTION", "encoder": "FEATURE_EXTRACTION", "causal": "CAUSAL_LM",
                    "seq2seq": "SEQ_2_SEQ_LM"}
 
@@ -137,8 +140,13 @@ def export_peft(prompt: torch.Tensor, meta: dict, output_dir: str | os.PathLike,
     get the prompt for the encoder only, so one submodule. `base_model_name_or_path` is the real folder or hub
     id the prompt was trained on (prompt.json's backbone_path; an alias such as `minilm` otherwise), so
     `AutoPeftModel*.from_pretrained(adapter)` finds it; the task, label words, labels and template go into
-    the safetensors metadata ("ds_prompt" key, JSON).
+    the safetensors metadata ("ds_prompt" key, JSON), and `load_prompt(adapter)` reads them back, so the adapter
+    evaluates like the prompt it came from. A linear-head prompt is refused: the adapter cannot hold the head.
     """
+    if meta.get("head") == "LinearHead":
+        raise UserError("this prompt was trained with a linear head (--head linear), which a PEFT prompt-tuning "
+                        "adapter cannot hold: use the prompt folder itself, or train with --head label_words to "
+                        "export")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = {
@@ -160,9 +168,7 @@ def export_peft(prompt: torch.Tensor, meta: dict, output_dir: str | os.PathLike,
         config["num_attention_heads"] = getattr(model_config, "num_attention_heads", None)
         config["num_layers"] = (getattr(model_config, "num_hidden_layers", None)
                                 or getattr(model_config, "num_layers", None))
-    task_facts = {k: meta[k] for k in ("backbone", "backbone_source", "task", "labels", "label_words", "template",
-                                       "family", "head")
-                  if meta.get(k) is not None}
+    task_facts = {k: meta[k] for k in _PEFT_FACTS if meta.get(k) is not None}
     with atomic_path(out / PEFT_WEIGHTS) as tmp:
         save_file({"prompt_embeddings": prompt.detach().float().cpu().contiguous()}, str(tmp),
                   metadata={"format": "pt", "ds_prompt": json.dumps(task_facts)})
@@ -189,5 +195,29 @@ def _from_peft(weights: Path, tensors: dict[str, torch.Tensor]):
     if config.get("token_dim", emb.shape[1]) != emb.shape[1]:
         raise UserError(f"'{weights.parent}' adapter_config.json says token_dim {config['token_dim']} but "
                         f"prompt_embeddings has d={emb.shape[1]}: fix the config")
-    meta = {"backbone": config.get("base_model_name_or_path"), "source": "peft"}
+    base = config.get("base_model_name_or_path")
+    facts = _peft_facts(weights)
+    meta = {**facts, "backbone": facts.get("backbone") or base, "source": "peft"}
+    if base:
+        meta["backbone_path"] = base
     return emb[:n], meta, {}
+
+
+def _peft_facts(weights: Path) -> dict:
+    """The ds_prompt facts `export_peft` put into the adapter's safetensors metadata ({} for an adapter PEFT
+    itself wrote): backbone, task, labels, label words, template, family, ..."""
+    with safe_open(str(weights), "pt") as f:
+        raw = (f.metadata() or {}).get("ds_prompt")
+    if not raw:
+        return {}
+    try:
+        facts = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"'{weights}' carries a ds_prompt metadata entry that is not valid JSON ({exc.msg}): "
+                        f"re-export the adapter") from None
+    if not isinstance(facts, dict):
+        raise UserError(f"'{weights}' ds_prompt metadata is {type(facts).__name__}, not an object: re-export it")
+    if facts.get("head") == "LinearHead":
+        raise UserError(f"'{weights}' says its prompt was trained with a linear head, which a PEFT adapter cannot "
+                        f"hold: use the ds_prompt prompt folder it was exported from")
+    return {k: facts[k] for k in _PEFT_FACTS if k in facts}

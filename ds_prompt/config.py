@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,17 @@ import yaml
 from ds_prompt.data.tasks import use_task
 from ds_prompt.errors import UserError
 from ds_prompt.io import atomic_path
+
+
+def model_slug(model: str | None) -> str:
+    """`--model` as part of a default output folder name: a local path (a model folder, a .gguf file) by its
+    last component without `.gguf`, not the whole, possibly absolute, path; hub ids and tiny:<arch> with `/` and
+    `:` made `_`. `runs/sst2-SmolLM2-135M-Instruct.Q4_1`, not `runs/sst2-_home_me_models_SmolLM2-...`."""
+    name = str(model or "unknown")
+    if os.path.exists(name):
+        name = Path(name).resolve().name
+        name = name[:-len(".gguf")] if name.lower().endswith(".gguf") else name
+    return name.replace("/", "_").replace(":", "_")
 
 
 # ---- argument groups: each recipe config composes the ones it honours (field names are the CLI flag names) ----
@@ -95,8 +107,7 @@ class TrainConfig(EngineArgs, LoopArgs, OptimArgs, DataArgs, ModelArgs):
     def resolved_output_dir(self) -> str:
         if self.output_dir:
             return self.output_dir
-        model = self.model.replace("/", "_").replace(":", "_")
-        return str(Path("runs") / f"{self.task}-{model}")
+        return str(Path("runs") / f"{self.task}-{model_slug(self.model)}")
 
 
 _NON_NEGATIVE = ("eval_every", "save_every", "warmup_steps", "weight_decay", "grad_clip", "log_every")

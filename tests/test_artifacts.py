@@ -42,6 +42,32 @@ def test_peft_export_loads_in_peft_and_peft_adapter_loads_here(tmp_path):
     torch.testing.assert_close(init_prompt_tensor(f"file:{tmp_path / 'from_peft'}", 5, emb, None, 0), want)
 
 
+def test_exported_adapter_reads_back_its_task_facts_and_refuses_a_linear_head(tmp_path):
+    """export_peft -> load_prompt gives back the facts evaluation needs (backbone, task, labels, template, ...);
+    base_model_name_or_path becomes backbone_path. A linear head cannot travel in a PEFT adapter: refused."""
+    from safetensors.torch import save_file
+    meta = {"backbone": "smollm2", "backbone_path": "/cache/gguf/abc", "backbone_source": {"sha256": "f" * 64},
+            "task": "sst2", "labels": ["negative", "positive"], "label_words": [" bad", " good"],
+            "template": "{text} It was", "family": "causal", "head": "LabelWordHead", "max_length": 96,
+            "seed": 43, "init": "vocab", "metrics": {"accuracy": 0.9}}
+    prompt = torch.randn(4, 32)
+    export_peft(prompt, meta, tmp_path / "a")
+    got, back, extra = load_prompt(tmp_path / "a")
+    assert torch.equal(got, prompt) and extra == {}
+    carried = {k: meta[k] for k in ("backbone", "backbone_source", "task", "labels", "label_words", "template",
+                                    "family", "head", "max_length", "seed")}
+    assert back == {**carried, "backbone_path": "/cache/gguf/abc", "source": "peft"}
+
+    with pytest.raises(UserError, match="linear head"):
+        export_peft(prompt, dict(meta, head="LinearHead"), tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+    bad = tmp_path / "c"
+    export_peft(prompt, meta, bad)
+    save_file({"prompt_embeddings": prompt}, str(bad / "adapter_model.safetensors"), metadata={"ds_prompt": "{oops"})
+    with pytest.raises(UserError, match="not valid JSON"):
+        load_prompt(bad)
+
+
 def test_zero3_partitioned_embedding_rows_are_gathered_for_init_and_label_words():
     """peft#206: ZeRO-3 partitions embeddings to shape 0; vocab/text init and label rows must gather them."""
     import deepspeed

@@ -34,6 +34,10 @@ def test_train_evaluate_export_roundtrip(tmp_path, capsys):
     assert torch.equal(exported, load_file(str(out / "prompt.safetensors"))["prompt"])
     config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
     assert config["peft_type"] == "PROMPT_TUNING" and config["num_virtual_tokens"] == 4
+    # the adapter carries the task, labels, template and backbone: it evaluates with no --task or --model
+    assert main(["evaluate", "--prompt", str(tmp_path / "peft")]) == 0
+    again = json.loads((tmp_path / "peft" / "eval_demo.json").read_text())
+    assert again["accuracy"] == result["accuracy"] and again["n"] == result["n"]
 
 
 def _empty_data(tmp_path):

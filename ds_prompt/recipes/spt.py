@@ -24,7 +24,7 @@ from torch import nn
 
 from ds_prompt import dist
 from ds_prompt.builders import load_model_for
-from ds_prompt.config import DataArgs, EngineArgs, LoopArgs, ModelArgs, OptimArgs
+from ds_prompt.config import DataArgs, EngineArgs, LoopArgs, ModelArgs, OptimArgs, model_slug
 from ds_prompt.data.loading import load_examples
 from ds_prompt.data.tasks import get_task
 from ds_prompt.engine import progress
@@ -103,7 +103,7 @@ class SPTConfig(EngineArgs, LoopArgs, OptimArgs, DataArgs, ModelArgs):
     def resolved_output_dir(self) -> str:
         if self.output_dir:
             return self.output_dir
-        return str(Path("runs") / f"spt-{self.model.replace('/', '_').replace(':', '_')}-{self.mode}")
+        return str(Path("runs") / f"spt-{model_slug(self.model)}-{self.mode}")
 
 
 def task_list(value: str, flag: str) -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from ds_prompt import dist
 from ds_prompt.artifacts import load_prompt_tensor
 from ds_prompt.builders import load_model_for
-from ds_prompt.config import InitSpec, TrainConfig, build_config, load_config_file
+from ds_prompt.config import InitSpec, TrainConfig, build_config, load_config_file, model_slug
 from ds_prompt.errors import UserError
 from ds_prompt.io import write_json
 from ds_prompt.recipes.prompt_tuning import train
@@ -36,7 +36,7 @@ def transfer_init_spec(init: str, task: str, model: str) -> str:
 def transfer_speedup(cfg: TrainConfig, init: str) -> dict:
     """Train from `cfg.init` and from `init` (same seed/budget) under <output_dir>/{random,transfer}; write
     speedup.json and speedup.png into <output_dir>. Returns the summary."""
-    out = Path(cfg.output_dir or Path("runs") / f"speedup-{cfg.task}-{cfg.model.replace('/', '_').replace(':', '_')}")
+    out = Path(cfg.output_dir or Path("runs") / f"speedup-{cfg.task}-{model_slug(cfg.model)}")
     base = dataclasses.replace(cfg, resume=False, overwrite=True, save_every=0,
                                eval_every=cfg.eval_every or max(1, cfg.max_steps // 20))
     inits = {"random": cfg.init, "transfer": transfer_init_spec(init, cfg.task, cfg.model)}

@@ -127,8 +127,9 @@ def check_prompt_fits(prompt: torch.Tensor, d_model: int, source: str) -> None:
 
 # ---- PEFT interop -------------------------------------------------------------------------------------------
 # what an exported adapter carries in its safetensors metadata and load_prompt reads back
-_PEFT_FACTS = ("backbone", "backbone_source", "task", "task_spec", "labels", "label_words", "template", "family",
-               "head", "max_length", "seed", "data_dir")
+_PEFT_FACTS = ("backbone", "backbone_path", "backbone_source", "quantization", "task", "task_spec", "labels",
+               "label_words", "template", "family", "head", "max_length", "seed", "data_dir")
+_LINEAR_HEADS = ("LinearHead", "linear")  # prompt.json records the class; an SPT bank the --head spelling
 _PEFT_TASK_TYPE = {"mlm": "FEATURE_EXTRACTION", "encoder": "FEATURE_EXTRACTION", "causal": "CAUSAL_LM",
                    "seq2seq": "SEQ_2_SEQ_LM"}
 
@@ -143,7 +144,7 @@ def export_peft(prompt: torch.Tensor, meta: dict, output_dir: str | os.PathLike,
     the safetensors metadata ("ds_prompt" key, JSON), and `load_prompt(adapter)` reads them back, so the adapter
     evaluates like the prompt it came from. A linear-head prompt is refused: the adapter cannot hold the head.
     """
-    if meta.get("head") == "LinearHead":
+    if meta.get("head") in _LINEAR_HEADS:
         raise UserError("this prompt was trained with a linear head (--head linear), which a PEFT prompt-tuning "
                         "adapter cannot hold: use the prompt folder itself, or train with --head label_words to "
                         "export")
@@ -197,6 +198,10 @@ def _from_peft(weights: Path, tensors: dict[str, torch.Tensor]):
                         f"prompt_embeddings has d={emb.shape[1]}: fix the config")
     base = config.get("base_model_name_or_path")
     facts = _peft_facts(weights)
+    if base and base != facts.get("backbone_path", facts.get("backbone")):
+        # adapter_config.json was re-pointed (another machine, another copy): the base it names wins, and the
+        # recorded backbone identity no longer describes it
+        facts = {k: v for k, v in facts.items() if k not in ("backbone", "backbone_source", "quantization")}
     meta = {**facts, "backbone": facts.get("backbone") or base, "source": "peft"}
     if base:
         meta["backbone_path"] = base
@@ -217,7 +222,4 @@ def _peft_facts(weights: Path) -> dict:
                         f"re-export the adapter") from None
     if not isinstance(facts, dict):
         raise UserError(f"'{weights}' ds_prompt metadata is {type(facts).__name__}, not an object: re-export it")
-    if facts.get("head") == "LinearHead":
-        raise UserError(f"'{weights}' says its prompt was trained with a linear head, which a PEFT adapter cannot "
-                        f"hold: use the ds_prompt prompt folder it was exported from")
     return {k: facts[k] for k in _PEFT_FACTS if k in facts}

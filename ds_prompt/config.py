@@ -5,6 +5,7 @@ Unknown keys are errors (a typo must not silently fall back to a default).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -19,13 +20,16 @@ from ds_prompt.io import atomic_path
 
 
 def model_slug(model: str | None) -> str:
-    """`--model` as part of a default output folder name: a local path (a model folder, a .gguf file) by its
-    last component without `.gguf`, not the whole, possibly absolute, path; hub ids and tiny:<arch> with `/` and
-    `:` made `_`. `runs/sst2-SmolLM2-135M-Instruct.Q4_1`, not `runs/sst2-_home_me_models_SmolLM2-...`."""
+    """`--model` as part of a default output folder name. A local path (a model folder, a .gguf file) is named by
+    its last component without `.gguf` plus 6 hex digits of its absolute path, not by the whole, possibly
+    absolute, path: `runs/sst2-SmolLM2-135M-Instruct.Q4_1-3f9a1c`; two models that share a file name (every
+    `checkpoint-500`) still get two folders. Hub ids and tiny:<arch> keep their spelling, `/` and `:` made `_`."""
     name = str(model or "unknown")
     if os.path.exists(name):
-        name = Path(name).resolve().name
-        name = name[:-len(".gguf")] if name.lower().endswith(".gguf") else name
+        path = os.path.abspath(name)  # not resolve(): a symlinked model is named as typed
+        base = Path(path).name
+        base = base[:-len(".gguf")] if base.lower().endswith(".gguf") else base
+        name = f"{base}-{hashlib.sha1(path.encode()).hexdigest()[:6]}"
     return name.replace("/", "_").replace(":", "_")
 
 

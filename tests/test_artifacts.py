@@ -43,29 +43,44 @@ def test_peft_export_loads_in_peft_and_peft_adapter_loads_here(tmp_path):
 
 
 def test_exported_adapter_reads_back_its_task_facts_and_refuses_a_linear_head(tmp_path):
-    """export_peft -> load_prompt gives back the facts evaluation needs (backbone, task, labels, template, ...);
-    base_model_name_or_path becomes backbone_path. A linear head cannot travel in a PEFT adapter: refused."""
+    """export_peft -> load_prompt gives back the facts evaluation needs (backbone, task, labels, template,
+    quantization, ...). An adapter whose adapter_config.json was re-pointed at another base loads that base, without
+    the old backbone's identity. A linear head cannot travel in a PEFT adapter: refused at export, and an adapter
+    that says it had one still initializes a prompt but is not evaluated with a head it does not hold."""
     from safetensors.torch import save_file
+
+    from ds_prompt.recipes.inference import prompted_from_artifact
     meta = {"backbone": "smollm2", "backbone_path": "/cache/gguf/abc", "backbone_source": {"sha256": "f" * 64},
-            "task": "sst2", "labels": ["negative", "positive"], "label_words": [" bad", " good"],
-            "template": "{text} It was", "family": "causal", "head": "LabelWordHead", "max_length": 96,
-            "seed": 43, "init": "vocab", "metrics": {"accuracy": 0.9}}
+            "quantization": "int8", "task": "sst2", "labels": ["negative", "positive"],
+            "label_words": [" bad", " good"], "template": "{text} It was", "family": "causal",
+            "head": "LabelWordHead", "max_length": 96, "seed": 43, "init": "vocab", "metrics": {"accuracy": 0.9}}
     prompt = torch.randn(4, 32)
     export_peft(prompt, meta, tmp_path / "a")
     got, back, extra = load_prompt(tmp_path / "a")
     assert torch.equal(got, prompt) and extra == {}
-    carried = {k: meta[k] for k in ("backbone", "backbone_source", "task", "labels", "label_words", "template",
-                                    "family", "head", "max_length", "seed")}
-    assert back == {**carried, "backbone_path": "/cache/gguf/abc", "source": "peft"}
+    assert back == {**{k: v for k, v in meta.items() if k not in ("init", "metrics")}, "source": "peft"}
+
+    config_path = tmp_path / "a" / "adapter_config.json"
+    config_path.write_text(json.dumps(dict(json.loads(config_path.read_text()), base_model_name_or_path="/new/m")))
+    _, moved, _ = load_prompt(tmp_path / "a")
+    assert moved["backbone"] == moved["backbone_path"] == "/new/m" and moved["task"] == "sst2"
+    assert "backbone_source" not in moved and "quantization" not in moved
 
     with pytest.raises(UserError, match="linear head"):
         export_peft(prompt, dict(meta, head="LinearHead"), tmp_path / "b")
     assert not (tmp_path / "b").exists()
-    bad = tmp_path / "c"
-    export_peft(prompt, meta, bad)
-    save_file({"prompt_embeddings": prompt}, str(bad / "adapter_model.safetensors"), metadata={"ds_prompt": "{oops"})
+    old = tmp_path / "old"  # as exports before the refusal wrote it
+    export_peft(prompt, meta, old)
+    facts = dict(meta, head="LinearHead", backbone="tiny:bert", family="encoder")
+    del facts["backbone_path"], facts["quantization"]
+    save_file({"prompt_embeddings": prompt}, str(old / "adapter_model.safetensors"),
+              metadata={"format": "pt", "ds_prompt": json.dumps(facts)})
+    assert torch.equal(load_prompt(old)[0], prompt)  # still a prompt (e.g. for --init file:)
+    with pytest.raises(UserError, match="holds no head weights"):
+        prompted_from_artifact(str(old))
+    save_file({"prompt_embeddings": prompt}, str(old / "adapter_model.safetensors"), metadata={"ds_prompt": "{oops"})
     with pytest.raises(UserError, match="not valid JSON"):
-        load_prompt(bad)
+        load_prompt(old)
 
 
 def test_zero3_partitioned_embedding_rows_are_gathered_for_init_and_label_words():

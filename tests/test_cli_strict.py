@@ -142,8 +142,11 @@ def test_init_spec_is_parsed_into_its_typed_form():
 
 
 def test_default_output_folders_name_a_local_model_by_its_file_not_its_whole_path(tmp_path, monkeypatch):
-    """`--model /abs/dir/m.gguf` with no --output_dir writes runs/<task>-m, not runs/<task>-_abs_dir_m.gguf;
-    hub ids and aliases keep their spelling with `/` and `:` made `_`; the same rule for every recipe."""
+    """`--model /abs/dir/m.gguf` with no --output_dir writes runs/<task>-m-<6 hex of its path>, not
+    runs/<task>-_abs_dir_m.gguf; two models sharing a file name get two folders; hub ids and aliases keep their
+    spelling with `/` and `:` made `_`; the same rule for every recipe."""
+    import hashlib
+
     from ds_prompt.config import model_slug
     from ds_prompt.recipes.projector import ProjectorTrainConfig
     from ds_prompt.recipes.spt import SPTConfig
@@ -152,12 +155,18 @@ def test_default_output_folders_name_a_local_model_by_its_file_not_its_whole_pat
     gguf.write_bytes(b"GGUF")
     folder = tmp_path / "models" / "llama-hf"
     folder.mkdir()
+    twin = tmp_path / "other" / "llama-hf"
+    twin.mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "models")
-    assert model_slug(str(gguf)) == model_slug("SmolLM2-135M-Instruct.Q4_1.gguf") == "SmolLM2-135M-Instruct.Q4_1"
-    assert model_slug(str(folder) + "/") == model_slug("./llama-hf") == "llama-hf" and model_slug(".") == "models"
+
+    def tag(path):
+        return hashlib.sha1(str(path).encode()).hexdigest()[:6]
+    smol, hf = f"SmolLM2-135M-Instruct.Q4_1-{tag(gguf)}", f"llama-hf-{tag(folder)}"
+    assert model_slug(str(gguf)) == model_slug("SmolLM2-135M-Instruct.Q4_1.gguf") == smol
+    assert model_slug(str(folder) + "/") == model_slug("./llama-hf") == hf != model_slug(str(twin))
     assert model_slug("org/model") == "org_model" and model_slug("tiny:gpt2") == "tiny_gpt2"
     assert model_slug("smollm2") == "smollm2" and model_slug(None) == "unknown"
-    assert TrainConfig(model=str(gguf), task="sst2").resolved_output_dir() == "runs/sst2-SmolLM2-135M-Instruct.Q4_1"
-    assert SPTConfig(model=str(folder), mode="shared").resolved_output_dir() == "runs/spt-llama-hf-shared"
-    assert (ProjectorTrainConfig(target_model=str(gguf)).resolved_output_dir(str(folder))
-            == "runs/projector-llama-hf-to-SmolLM2-135M-Instruct.Q4_1")
+    assert TrainConfig(model=str(gguf), task="sst2").resolved_output_dir() == f"runs/sst2-{smol}"
+    assert SPTConfig(model=str(folder), mode="shared").resolved_output_dir() == f"runs/spt-{hf}-shared"
+    projector = ProjectorTrainConfig(target_model=str(gguf))
+    assert projector.resolved_output_dir(str(folder)) == f"runs/projector-{hf}-to-{smol}"

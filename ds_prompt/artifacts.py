@@ -61,10 +61,16 @@ def _resolve(path: str | os.PathLike) -> tuple[Path, str]:
 
 def load_prompt(path: str | os.PathLike) -> tuple[torch.Tensor, dict, dict[str, torch.Tensor]]:
     """(prompt [L, d] fp32, metadata, extra tensors) from a ds_prompt artifact or a PEFT adapter."""
+    return _load(path, whole=True)
+
+
+def _load(path, whole: bool):
+    """`whole`: the artifact is used as a whole (scored, indexed, exported), so an adapter that lacks the
+    linear head its prompt was trained with is refused; otherwise only the prompt tensor is wanted."""
     weights, kind = _resolve(path)
     tensors = _safe_load(weights)
     if kind == "peft":
-        return _from_peft(weights, tensors)
+        return _from_peft(weights, tensors, whole)
     if "prompt" not in tensors:
         raise UserError(f"'{weights}' has no 'prompt' tensor (keys: {', '.join(sorted(tensors)) or 'none'}): "
                         f"it is not a ds_prompt prompt")
@@ -116,7 +122,8 @@ def _check_head_tensors(tensors: dict, meta: dict, d_model: int, where: str) -> 
 
 
 def load_prompt_tensor(path: str | os.PathLike) -> torch.Tensor:
-    return load_prompt(path)[0]
+    """Only the prompt [L, d] (e.g. for `--init file:`): also from an adapter whose linear head did not travel."""
+    return _load(path, whole=False)[0]
 
 
 def check_prompt_fits(prompt: torch.Tensor, d_model: int, source: str) -> None:
@@ -177,7 +184,7 @@ def export_peft(prompt: torch.Tensor, meta: dict, output_dir: str | os.PathLike,
     return out
 
 
-def _from_peft(weights: Path, tensors: dict[str, torch.Tensor]):
+def _from_peft(weights: Path, tensors: dict[str, torch.Tensor], whole: bool = True):
     config_path = weights.parent / PEFT_CONFIG
     config = json.loads(config_path.read_text()) if config_path.exists() else {}
     if config and config.get("peft_type") != "PROMPT_TUNING":
@@ -198,6 +205,10 @@ def _from_peft(weights: Path, tensors: dict[str, torch.Tensor]):
                         f"prompt_embeddings has d={emb.shape[1]}: fix the config")
     base = config.get("base_model_name_or_path")
     facts = _peft_facts(weights)
+    if whole and facts.get("head") in _LINEAR_HEADS:  # written by exports from before the refusal
+        raise UserError(f"'{weights.parent}' holds a prompt trained with a linear head, which a PEFT adapter "
+                        f"cannot carry: use the ds_prompt prompt folder it was exported from (the adapter still "
+                        f"serves as --init file:)")
     if base and base != facts.get("backbone_path", facts.get("backbone")):
         # adapter_config.json was re-pointed (another machine, another copy): the base it names wins, and the
         # recorded backbone identity no longer describes it

@@ -46,7 +46,8 @@ def test_exported_adapter_reads_back_its_task_facts_and_refuses_a_linear_head(tm
     """export_peft -> load_prompt gives back the facts evaluation needs (backbone, task, labels, template,
     quantization, ...). An adapter whose adapter_config.json was re-pointed at another base loads that base, without
     the old backbone's identity. A linear head cannot travel in a PEFT adapter: refused at export, and an adapter
-    that says it had one still initializes a prompt but is not evaluated with a head it does not hold."""
+    that says it had one (written before the refusal) still initializes a prompt, but is not scored, indexed or
+    re-exported without the head."""
     from safetensors.torch import save_file
 
     from ds_prompt.recipes.inference import prompted_from_artifact
@@ -75,9 +76,11 @@ def test_exported_adapter_reads_back_its_task_facts_and_refuses_a_linear_head(tm
     del facts["backbone_path"], facts["quantization"]
     save_file({"prompt_embeddings": prompt}, str(old / "adapter_model.safetensors"),
               metadata={"format": "pt", "ds_prompt": json.dumps(facts)})
-    assert torch.equal(load_prompt(old)[0], prompt)  # still a prompt (e.g. for --init file:)
-    with pytest.raises(UserError, match="holds no head weights"):
-        prompted_from_artifact(str(old))
+    emb = build_tiny("bert")[0].get_input_embeddings()
+    assert torch.equal(init_prompt_tensor(f"file:{old}", 4, emb, None, 0), prompt)  # still an initialization
+    for use in (load_prompt, prompted_from_artifact, lambda p: export_peft(*load_prompt(p)[:2], tmp_path / "re")):
+        with pytest.raises(UserError, match="linear head"):  # scored, indexed, exported: refused
+            use(str(old))
     save_file({"prompt_embeddings": prompt}, str(old / "adapter_model.safetensors"), metadata={"ds_prompt": "{oops"})
     with pytest.raises(UserError, match="not valid JSON"):
         load_prompt(old)

@@ -72,9 +72,6 @@ def prompted_from_artifact(prompt_path: str, task_name: str | None = None, model
     else:
         task = get_task(task_name or meta.get("task") or "")
     head = HEAD_KINDS.get(meta.get("head", ""), "auto")
-    if head == "linear" and not any(name.startswith("head.") for name in extra):
-        raise UserError(f"prompt {prompt_path} was trained with a linear head but holds no head weights (a PEFT "
-                        f"adapter cannot carry them): use the ds_prompt prompt folder it was exported from")
     backbone = _artifact_backbone(prompt_path, tensor, meta, model, family, dtype, quantization)
     if head == "linear" and task_name and task_name != meta.get("task"):
         raise UserError(f"prompt {prompt_path} has a linear head trained for {meta.get('task')}: it cannot "

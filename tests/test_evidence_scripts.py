@@ -73,6 +73,10 @@ def test_pt_spt_fpt_tpt_tables(results):
     _csv(results, "spt", [{"mode": m, "seed": s, "steps": 300, "rte": v, "qnli": v, "snli": v, "heldout_mean": v,
                            "n_eval": "277/300/300"} for m, v in (("spt", 0.6), ("shared", 0.5)) for s in (42, 43)])
     assert "**reproduced**" in "\n".join(render_readme.spt_section())
+    _csv(results, "spt", [{"mode": m, "seed": s, "steps": 300, "rte": v, "qnli": v, "snli": v, "heldout_mean": v,
+                           "n_eval": "277/300/300"} for m, v in (("spt", 0.6), ("majority", 0.45)) for s in (42, 43)])
+    section = "\n".join(render_readme.spt_section())
+    assert "| majority class | 2 | 0.450 ± 0.000 |" in section and "majority-class rate: spt +15.0 points." in section
     _csv(results, "spt", [{"mode": m, "seed": 42, "steps": 300, "rte": v, "qnli": v, "snli": v, "heldout_mean": v,
                            "n_eval": "277/300/300"} for m, v in (("spt", 0.4503), ("shared", 0.4474))])
     assert "**undecided on one seed (SPT +0.3 points over shared" in "\n".join(render_readme.spt_section())
@@ -149,8 +153,8 @@ def test_plots_are_written(tmp_path):
     pt_rows = [{"task": t, "seed": s, "majority": 0.5, "accuracy_before": 0.5, "accuracy": 0.7 + s / 1000}
                for t in TASKS for s in (42, 43)]
     pt_tasks.plot(pt_rows, tmp_path / "pt_tasks.png")
-    spt.plot([dict({t: 0.4 for t in spt.HELDOUT}, mode=m, seed=42, heldout_mean=0.4) for m in spt.MODES],
-             tmp_path / "spt.png")
+    spt.plot([dict({t: 0.4 for t in spt.HELDOUT}, mode=m, seed=42, heldout_mean=0.4)
+              for m in spt.MODES + (spt.MAJORITY,)], tmp_path / "spt.png")
     indicators.plot([{"variant": "on_prediction_token", "metric": "on", "spearman": 0.3, "mean_per_target": 0.1,
                       "n": 56}], tmp_path / "indicators.png")
     curve = [{"step": s, "flops": s * 1e12, "accuracy": 0.5 + s / 1000, "full_model": True} for s in (0, 50, 100)]
@@ -165,14 +169,16 @@ def test_plots_are_written(tmp_path):
 
 
 def test_majority_rate_is_read_from_the_runs_eval_subset():
-    import pt_tasks
-
     from ds_prompt.data.tasks import get_task
     rows = [json.loads(line) for line in open(f"{common.DATA}/rte/validation.jsonl")]
     labels = [r["label"] for r in rows]  # rte has 277 validation examples: under the cap, so all of them
     want = max(labels.count(name) for name in set(labels)) / len(labels)
     assert len(rows) == 277 and get_task("rte").labels
-    assert pt_tasks.majority_rate("rte", 42, 277) == pytest.approx(want)
+    assert common.majority_rate("rte", 42, 1000, 277) == pytest.approx(want)
+    import spt  # SPT's floor row: the same rule on each held-out task's subset of the seed
+    row = spt.majority_row(42, {"results": {"rte": {"n": 277}, "qnli": {"n": 300}, "snli": {"n": 300}}})
+    assert row["rte"] == round(want, 4) and row["mode"] == "majority" and row["n_eval"] == "277/300/300"
+    assert row["heldout_mean"] == pytest.approx(sum(row[t] for t in spt.HELDOUT) / 3, abs=1e-4)
 
 
 def test_scripts_use_the_checkout_they_sit_in(tmp_path, monkeypatch):

@@ -145,6 +145,18 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def majority_rate(task: str, seed: int, limit: int, n_eval: int) -> float:
+    """Accuracy of always predicting the most common label on a run's eval subset (the trainers' subset rule,
+    `eval_subset(limit, seed)`): the floor a prompt must beat to have learned anything."""
+    from collections import Counter
+
+    from ds_prompt.data.loading import load_examples
+    from ds_prompt.data.tasks import get_task
+    examples = load_examples(get_task(task), "eval", DATA, limit=limit, seed=seed)
+    assert len(examples) == n_eval, (task, len(examples), n_eval)  # the same subset the run evaluated
+    return Counter(e.label for e in examples).most_common(1)[0][1] / len(examples)
+
+
 def mean_se(values: list[float]) -> tuple[float, float]:
     """Mean and standard error of the mean (0 for a single value)."""
     n = len(values)

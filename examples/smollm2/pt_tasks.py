@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import (  # noqa: E402  (first: it puts this checkout's ds_prompt on sys.path)
-    DATA,
     EVAL_LIMIT,
     INIT,
     LR,
@@ -30,15 +28,13 @@ from common import (  # noqa: E402  (first: it puts this checkout's ds_prompt on
     finished,
     grouped_bars,
     log,
+    majority_rate,
     mean_se,
     meta_json,
     restore,
     train,
     write_csv,
 )
-
-from ds_prompt.data.loading import load_examples  # noqa: E402
-from ds_prompt.data.tasks import get_task  # noqa: E402
 
 RECIPE_KEYS = ("batch_size", "prompt_length", "max_length")  # read from the runs' run.json identity
 TASKS = ("sst2", "mr", "agnews", "qnli", "snli", "rte", "mrpc", "cola")
@@ -47,14 +43,6 @@ MULTI_SEED = ("sst2", "agnews", "qnli")
 
 def prompt_dir(task: str, seed: int = SEEDS[0]) -> Path:
     return RUNS / "prompts" / f"{task}-s{seed}"
-
-
-def majority_rate(task: str, seed: int, n_eval: int) -> float:
-    """Accuracy of always predicting the most common label on the run's eval subset (the trainer's subset rule,
-    `eval_subset(limit, seed)`): the floor a prompt must beat to have learned anything."""
-    examples = load_examples(get_task(task), "eval", DATA, limit=EVAL_LIMIT, seed=seed)
-    assert len(examples) == n_eval, (task, len(examples), n_eval)  # the same subset the run evaluated
-    return Counter(e.label for e in examples).most_common(1)[0][1] / len(examples)
 
 
 def runs(phase: str = "all") -> list[tuple[str, int]]:
@@ -94,7 +82,7 @@ def main(phase: str = "all") -> None:
         rows.append({"task": task, "seed": seed, "steps": m["steps"], "n_eval": m["eval_n"],
                      "accuracy_before": round(m["accuracy_before"], 4), "accuracy": round(m["accuracy"], 4),
                      "metric": metric, "headline": "" if headline is None else round(headline, 4),
-                     "majority": round(majority_rate(task, seed, m["eval_n"]), 4)})
+                     "majority": round(majority_rate(task, seed, EVAL_LIMIT, m["eval_n"]), 4)})
     write_csv(RESULTS / "pt_tasks.csv", rows)
     if rows:
         plot(rows, RESULTS / "pt_tasks.png")

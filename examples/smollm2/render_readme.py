@@ -298,15 +298,23 @@ def fpt_section() -> list[str]:
             f"**{verdict}**.", *_figure("fpt", "FPT accuracy over FLOPs")]
 
 
+SPT_LABELS = {"majority": "majority class"}
+
+
 def spt_section() -> list[str]:
     rows, meta = _results("spt")
     heldout = list(meta.get("heldout", ("rte", "qnli", "snli")))
     by_mode = defaultdict(list)
     for r in rows:
         by_mode[r["mode"]].append(r)
-    table = [[mode, len(rs)] + [_pm([float(r[t]) for r in rs]) for t in heldout + ["heldout_mean"]]
-             for mode, rs in by_mode.items()]
+    table = [[SPT_LABELS.get(mode, mode), len(rs)]
+             + [_pm([float(r[t]) for r in rs]) for t in heldout + ["heldout_mean"]] for mode, rs in by_mode.items()]
     means = {mode: mean_se([float(r["heldout_mean"]) for r in rs]) for mode, rs in by_mode.items()}
+    floor = ""
+    if "majority" in means:  # how far above the majority-class floor the trained modes got
+        gains = {m: (means[m][0] - means["majority"][0]) * 100 for m in means if m != "majority"}
+        floor = (" Held-out mean over the majority-class rate: "
+                 + ", ".join(f"{m} {g:+.1f}" for m, g in gains.items()) + " points.")
     spt, shared = means.get("spt", (0, 0)), means.get("shared", (0, 0))
     verdict = "reproduced" if spt[0] - shared[0] > spt[1] + shared[1] else "not reproduced"
     if min((len(rs) for rs in by_mode.values()), default=0) < 2:  # no standard error yet: the rule cannot decide
@@ -318,8 +326,8 @@ def spt_section() -> list[str]:
             *_table(["mode", "seeds"] + heldout + ["held-out mean"], table), "",
             "Zero-shot accuracy on the held-out NLI category, mean over each task's discrete prompts. Retrieved "
             "memory prompts generalize better than one shared prompt (Bari et al.): rule, reproduced when SPT's "
-            f"held-out mean exceeds the shared prompt's by more than the sum of their standard errors: **{verdict}**.",
-            *_figure("spt", "SPT held-out accuracy")]
+            f"held-out mean exceeds the shared prompt's by more than the sum of their standard errors: **{verdict}**."
+            f"{floor}", *_figure("spt", "SPT held-out accuracy")]
 
 
 SECTIONS = (("Prompt tuning per task", pt_section), ("Zero-shot transfer matrix", matrix_section),

@@ -3,7 +3,8 @@
 its discrete prompts retrieving from the bank. Modes: spt (memory bank + retrieval), shared (one soft prompt
 of the same length for every task) and untrained (the initialization), 3 seeds. Discrete prompts are fed in
 the input too (T0-style, --instruction_in_input) as well as used as the retrieval query.
-Writes docs/results/spt.csv (mode, seed, held-out task accuracy and mean).
+Writes docs/results/spt.csv (mode, seed, held-out task accuracy and mean; mode "majority" is the majority-class
+rate of the same eval subsets, the floor a zero-shot prompt must beat).
 
     python examples/smollm2/spt.py
 """
@@ -24,6 +25,7 @@ from common import (  # noqa: E402
     cli,
     grouped_bars,
     log,
+    majority_rate,
     mean_se,
     meta_json,
     read_json,
@@ -33,6 +35,8 @@ from common import (  # noqa: E402
 
 SEEN, HELDOUT = ("sst2", "mr", "agnews", "mrpc", "cola"), ("rte", "qnli", "snli")
 MODES, STEPS, EVAL = ("spt", "shared", "untrained"), 300, 300
+MAJORITY = "majority"
+LABELS = {MAJORITY: "majority class"}
 
 
 def run(mode: str, seed: int) -> dict:
@@ -51,12 +55,20 @@ def run(mode: str, seed: int) -> dict:
 def plot(rows: list[dict], path) -> None:
     """Held-out accuracy per task and the mean, per mode (mean ± standard error over seeds)."""
     groups = list(HELDOUT) + ["heldout_mean"]
-    series = {mode: [mean_se([float(r[g]) for r in rows if r["mode"] == mode]) for g in groups]
-              for mode in MODES if any(r["mode"] == mode for r in rows)}
+    series = {LABELS.get(mode, mode): [mean_se([float(r[g]) for r in rows if r["mode"] == mode]) for g in groups]
+              for mode in MODES + (MAJORITY,) if any(r["mode"] == mode for r in rows)}
     seeds = ",".join(sorted({str(r["seed"]) for r in rows}))
     grouped_bars([g.replace("heldout_mean", "held-out mean") for g in groups], series, path,
                  f"SPT on {MODEL}: zero-shot on held-out {', '.join(HELDOUT)} ({STEPS} steps, seeds {seeds})",
                  "accuracy")
+
+
+def majority_row(seed: int, metrics: dict) -> dict:
+    """Always predicting each held-out task's most common label, on the eval subset the seed's runs scored."""
+    rates = {t: majority_rate(t, seed, EVAL, metrics["results"][t]["n"]) for t in HELDOUT}
+    return {"mode": MAJORITY, "seed": seed, "steps": 0, **{t: round(r, 4) for t, r in rates.items()},
+            "heldout_mean": round(sum(rates.values()) / len(rates), 4),
+            "n_eval": "/".join(str(metrics["results"][t]["n"]) for t in HELDOUT)}
 
 
 def main() -> None:
@@ -70,6 +82,7 @@ def main() -> None:
             row["heldout_mean"] = round(m["heldout_mean"], 4)
             row["n_eval"] = "/".join(str(m["results"][t]["n"]) for t in HELDOUT)
             rows.append(row)
+        rows.append(majority_row(seed, m))
     write_csv(RESULTS / "spt.csv", rows)
     plot(rows, RESULTS / "spt.png")
     meta_json("spt", seen=SEEN, heldout=HELDOUT, steps=STEPS, eval_limit=EVAL, seeds=sorted({r["seed"] for r in rows}),

@@ -71,8 +71,8 @@ def prompted_from_artifact(prompt_path: str, task_name: str | None = None, model
         task = use_task(meta["task_spec"])  # a custom task: rebuilt from the mapping prompt.json recorded
     else:
         task = get_task(task_name or meta.get("task") or "")
-    head = HEAD_KINDS.get(meta.get("head", ""), "auto")
     backbone = _artifact_backbone(prompt_path, tensor, meta, model, family, dtype, quantization)
+    head = HEAD_KINDS.get(meta.get("head", ""), "auto")
     if head == "linear" and task_name and task_name != meta.get("task"):
         raise UserError(f"prompt {prompt_path} has a linear head trained for {meta.get('task')}: it cannot "
                         f"score task {task_name}")

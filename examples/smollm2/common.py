@@ -22,6 +22,7 @@ import platform
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -148,8 +149,6 @@ def read_csv(path: Path) -> list[dict]:
 def majority_rate(task: str, seed: int, limit: int, n_eval: int) -> float:
     """Accuracy of always predicting the most common label on a run's eval subset (the trainers' subset rule,
     `eval_subset(limit, seed)`): the floor a prompt must beat to have learned anything."""
-    from collections import Counter
-
     from ds_prompt.data.loading import load_examples
     from ds_prompt.data.tasks import get_task
     examples = load_examples(get_task(task), "eval", DATA, limit=limit, seed=seed)

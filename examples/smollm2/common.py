@@ -146,6 +146,15 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+# the majority-class floor: its row's mode in a results CSV (spt.csv) and its label in tables and plots
+MAJORITY, MAJORITY_LABEL = "majority", "majority class"
+
+
+def mode_label(mode: str) -> str:
+    """A results row's mode as tables and plots show it."""
+    return MAJORITY_LABEL if mode == MAJORITY else mode
+
+
 def majority_rate(task: str, seed: int, limit: int, n_eval: int) -> float:
     """Accuracy of always predicting the most common label on a run's eval subset (the trainers' subset rule,
     `eval_subset(limit, seed)`): the floor a prompt must beat to have learned anything."""

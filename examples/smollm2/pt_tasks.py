@@ -20,6 +20,7 @@ from common import (  # noqa: E402  (first: it puts this checkout's ds_prompt on
     EVAL_LIMIT,
     INIT,
     LR,
+    MAJORITY_LABEL,
     MODEL,
     RESULTS,
     RUNS,
@@ -58,7 +59,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
     def stat(task: str, key: str) -> tuple[float, float]:
         return mean_se([float(r[key]) for r in rows if r["task"] == task])
-    series = {"majority class": [stat(t, "majority") for t in tasks],
+    series = {MAJORITY_LABEL: [stat(t, "majority") for t in tasks],
               "untrained prompt": [stat(t, "accuracy_before") for t in tasks],
               "trained prompt": [stat(t, "accuracy") for t in tasks]}
     seeds = ",".join(sorted({str(r["seed"]) for r in rows}))

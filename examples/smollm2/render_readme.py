@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import PLANNED_SEEDS, RESULTS, ROOT, mean_se, read_csv  # noqa: E402
+from common import MAJORITY, PLANNED_SEEDS, RESULTS, ROOT, mean_se, mode_label, read_csv  # noqa: E402
 
 BEGIN, END = "<!-- evidence:begin -->", "<!-- evidence:end -->"
 MAJORITY_MARGIN = 0.02  # a prompt must beat always-the-most-common-label by this much
@@ -298,21 +298,18 @@ def fpt_section() -> list[str]:
             f"**{verdict}**.", *_figure("fpt", "FPT accuracy over FLOPs")]
 
 
-SPT_LABELS = {"majority": "majority class"}
-
-
 def spt_section() -> list[str]:
     rows, meta = _results("spt")
     heldout = list(meta.get("heldout", ("rte", "qnli", "snli")))
     by_mode = defaultdict(list)
     for r in rows:
         by_mode[r["mode"]].append(r)
-    table = [[SPT_LABELS.get(mode, mode), len(rs)]
+    table = [[mode_label(mode), len(rs)]
              + [_pm([float(r[t]) for r in rs]) for t in heldout + ["heldout_mean"]] for mode, rs in by_mode.items()]
     means = {mode: mean_se([float(r["heldout_mean"]) for r in rs]) for mode, rs in by_mode.items()}
     floor = ""
-    if "majority" in means:  # how far above the majority-class floor the trained modes got
-        gains = {m: (means[m][0] - means["majority"][0]) * 100 for m in means if m != "majority"}
+    if MAJORITY in means:  # how far above the majority-class floor the trained modes got
+        gains = {m: (means[m][0] - means[MAJORITY][0]) * 100 for m in means if m != MAJORITY}
         floor = (" Held-out mean over the majority-class rate: "
                  + ", ".join(f"{m} {g:+.1f}" for m, g in gains.items()) + " points.")
     spt, shared = means.get("spt", (0, 0)), means.get("shared", (0, 0))

@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import (  # noqa: E402
     DATA,
+    MAJORITY,
     MODEL,
     RESULTS,
     RUNS,
@@ -28,6 +29,7 @@ from common import (  # noqa: E402
     majority_rate,
     mean_se,
     meta_json,
+    mode_label,
     read_json,
     restore,
     write_csv,
@@ -35,8 +37,6 @@ from common import (  # noqa: E402
 
 SEEN, HELDOUT = ("sst2", "mr", "agnews", "mrpc", "cola"), ("rte", "qnli", "snli")
 MODES, STEPS, EVAL = ("spt", "shared", "untrained"), 300, 300
-MAJORITY = "majority"
-LABELS = {MAJORITY: "majority class"}
 
 
 def run(mode: str, seed: int) -> dict:
@@ -55,7 +55,7 @@ def run(mode: str, seed: int) -> dict:
 def plot(rows: list[dict], path) -> None:
     """Held-out accuracy per task and the mean, per mode (mean ± standard error over seeds)."""
     groups = list(HELDOUT) + ["heldout_mean"]
-    series = {LABELS.get(mode, mode): [mean_se([float(r[g]) for r in rows if r["mode"] == mode]) for g in groups]
+    series = {mode_label(mode): [mean_se([float(r[g]) for r in rows if r["mode"] == mode]) for g in groups]
               for mode in MODES + (MAJORITY,) if any(r["mode"] == mode for r in rows)}
     seeds = ",".join(sorted({str(r["seed"]) for r in rows}))
     grouped_bars([g.replace("heldout_mean", "held-out mean") for g in groups], series, path,
@@ -63,12 +63,17 @@ def plot(rows: list[dict], path) -> None:
                  "accuracy")
 
 
+def n_eval(metrics: dict) -> str:
+    """Examples each held-out task was scored on, e.g. 277/300/300."""
+    return "/".join(str(metrics["results"][t]["n"]) for t in HELDOUT)
+
+
 def majority_row(seed: int, metrics: dict) -> dict:
     """Always predicting each held-out task's most common label, on the eval subset the seed's runs scored."""
     rates = {t: majority_rate(t, seed, EVAL, metrics["results"][t]["n"]) for t in HELDOUT}
     return {"mode": MAJORITY, "seed": seed, "steps": 0, **{t: round(r, 4) for t, r in rates.items()},
             "heldout_mean": round(sum(rates.values()) / len(rates), 4),
-            "n_eval": "/".join(str(metrics["results"][t]["n"]) for t in HELDOUT)}
+            "n_eval": n_eval(metrics)}
 
 
 def main() -> None:
@@ -80,7 +85,7 @@ def main() -> None:
             row = {"mode": mode, "seed": seed, "steps": m["steps"]}
             row.update({t: round(m["results"][t]["accuracy"], 4) for t in HELDOUT})
             row["heldout_mean"] = round(m["heldout_mean"], 4)
-            row["n_eval"] = "/".join(str(m["results"][t]["n"]) for t in HELDOUT)
+            row["n_eval"] = n_eval(m)
             rows.append(row)
         rows.append(majority_row(seed, m))
     write_csv(RESULTS / "spt.csv", rows)
